@@ -1,0 +1,132 @@
+"""The one event schema (DESIGN.md section 2): what travels on Kafka and lies in parquet.
+
+Pydantic models validate a single event (an API request, a Kafka message); the
+arrow schemas describe the same events as columns (what ``simulate`` and ``import``
+write). Both are derived from the field lists below, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Literal
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+SCHEMA_VERSION = 1
+
+TRANSACTIONS_TOPIC = "transactions"
+LABELS_TOPIC = "labels"
+PREDICTIONS_TOPIC = "predictions"
+DEAD_LETTER_TOPIC = "transactions.dlq"
+
+Channel = Literal["card_present", "ecommerce"]
+LabelSource = Literal["chargeback", "analyst", "customer"]
+
+# `scenario` is the simulator's ground truth tag. It lies in parquet for evaluation
+# and is never a model feature, never on the wire.
+LEGIT_SCENARIO = "legit"
+UNKNOWN_SCENARIO = "unknown"
+
+COUNTRY_PATTERN = r"^[A-Z]{2}$"
+CURRENCY_PATTERN = r"^[A-Z]{3}$"
+
+
+def _as_utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("timestamp must carry a timezone (UTC ISO-8601, e.g. 2026-01-31T12:00:00Z)")
+    return value.astimezone(UTC)
+
+
+class Transaction(BaseModel):
+    """A card authorization as the payment gateway sees it."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    transaction_id: str = Field(min_length=1, max_length=64)
+    event_time: datetime
+    card_id: str = Field(min_length=1, max_length=64)
+    customer_id: str | None = Field(default=None, max_length=64)
+    merchant_id: str = Field(min_length=1, max_length=64)
+    merchant_category: str | None = Field(default=None, max_length=32)
+    merchant_country: str = Field(pattern=COUNTRY_PATTERN)
+    channel: Channel
+    device_id: str | None = Field(default=None, max_length=64)
+    ip_country: str | None = Field(default=None, pattern=COUNTRY_PATTERN)
+    amount: float = Field(gt=0, le=1_000_000)
+    currency: str = Field(default="USD", pattern=CURRENCY_PATTERN)
+    schema_version: int = SCHEMA_VERSION
+
+    _utc = field_validator("event_time")(_as_utc)
+
+    @field_validator("customer_id")
+    @classmethod
+    def _customer_defaults_to_card(cls, value: str | None) -> str | None:
+        return value or None
+
+
+class Label(BaseModel):
+    """A fraud verdict on a transaction, known only from `reported_at` on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    transaction_id: str = Field(min_length=1, max_length=64)
+    card_id: str = Field(min_length=1, max_length=64)
+    is_fraud: bool
+    reported_at: datetime
+    source: LabelSource = "chargeback"
+
+    _utc = field_validator("reported_at")(_as_utc)
+
+
+class Prediction(BaseModel):
+    """What the scoring service decided, with exactly the vector it scored."""
+
+    transaction_id: str
+    card_id: str
+    event_time: datetime
+    scored_at: datetime
+    score: float
+    decision: Literal["approve", "review", "decline"]
+    served_by: Literal["champion", "canary", "fallback", "kill_switch"]
+    model_version: str | None
+    challenger_version: str | None = None
+    challenger_score: float | None = None
+    rule_hits: list[str] = Field(default_factory=list)
+    features: dict[str, float]
+    latency_ms: dict[str, float]
+
+
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+TRANSACTION_ARROW_SCHEMA = pa.schema(
+    [
+        pa.field("transaction_id", pa.string(), nullable=False),
+        pa.field("event_time", TIMESTAMP, nullable=False),
+        pa.field("card_id", pa.string(), nullable=False),
+        pa.field("customer_id", pa.string(), nullable=False),
+        pa.field("merchant_id", pa.string(), nullable=False),
+        pa.field("merchant_category", pa.string(), nullable=False),
+        pa.field("merchant_country", pa.string(), nullable=False),
+        pa.field("channel", pa.string(), nullable=False),
+        pa.field("device_id", pa.string()),
+        pa.field("ip_country", pa.string()),
+        pa.field("amount", pa.float64(), nullable=False),
+        pa.field("currency", pa.string(), nullable=False),
+        pa.field("schema_version", pa.int32(), nullable=False),
+        pa.field("scenario", pa.string(), nullable=False),
+    ]
+)
+
+LABEL_ARROW_SCHEMA = pa.schema(
+    [
+        pa.field("transaction_id", pa.string(), nullable=False),
+        pa.field("card_id", pa.string(), nullable=False),
+        pa.field("is_fraud", pa.bool_(), nullable=False),
+        pa.field("reported_at", TIMESTAMP, nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+    ]
+)
+
+TRANSACTION_COLUMNS = TRANSACTION_ARROW_SCHEMA.names
+LABEL_COLUMNS = LABEL_ARROW_SCHEMA.names

@@ -1,0 +1,334 @@
+"""The one feature logic: batch backfill, the stream processor and the scoring service all use it.
+
+Two halves, both pure Python with no I/O:
+
+1. **Entity state → stored snapshots.** ``FeatureEngine`` folds events into per-card,
+   per-merchant and per-device state and, after each change, emits a *snapshot*: the
+   row a Feast feature view holds for that entity from then on. The backfill writes
+   every snapshot to the offline store; the stream processor pushes them online.
+2. **Snapshots + the request → the model's vector.** ``model_vector`` combines the
+   snapshots that were current strictly before the transaction's time ``t`` with the
+   transaction itself. Training reads those snapshots through Feast's point-in-time
+   join; serving reads them from the online store. Same snapshots, same function, so
+   the two vectors are equal by construction (and tests prove it).
+
+What the snapshots mean (the "anchor" is the entity's latest event before ``t``):
+
+* card and device aggregates are anchored at that latest event and include it:
+  ``card_txn_count_1h`` counts the card's transactions in the hour ending at its
+  previous transaction. A streaming store can serve that without timers; once the
+  anchor is older than a window, that window's count/sum/max read 0, and
+  ``card_seconds_since_prev_txn`` tells the model how old the anchor is.
+* merchant aggregates are refreshed once a day: the row for day D holds what was
+  known at 00:00 UTC of D. Merchants see thousands of events a month, and Feast's
+  file offline store joins every entity row with every feature row of its entity,
+  so per-event merchant rows would make point-in-time joins quadratic. A daily
+  merchant-risk refresh is also what production systems typically run.
+* the merchant fraud rate covers transactions made in the 28 days that end 7 days
+  before the snapshot's day, counting only labels reported before the snapshot
+  (chargebacks arrive weeks late; a label from the future would leak).
+
+Timestamps are integer microseconds since the epoch (exact comparisons, no float drift).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+SECOND = 1_000_000
+MINUTE = 60 * SECOND
+HOUR = 60 * MINUTE
+DAY = 24 * HOUR
+
+CARD_WINDOWS = {"10m": 10 * MINUTE, "1h": HOUR, "24h": DAY, "7d": 7 * DAY}
+CARD_HISTORY = 30 * DAY  # mean/std, known devices and countries
+DEVICE_WINDOW = DAY
+MERCHANT_FRAUD_LAG_DAYS = 7
+MERCHANT_FRAUD_SPAN_DAYS = 28
+
+# Feature-view TTLs. A snapshot older than this is treated as absent — in training by
+# Feast's as-of join, in serving by `model_vector` — so both paths agree.
+CARD_TTL = CARD_HISTORY
+MERCHANT_TTL = DAY  # a daily row is superseded by the next day's
+DEVICE_TTL = DEVICE_WINDOW
+
+# Features of a transaction at t are read as of t - 1 µs: strictly before t.
+AS_OF_OFFSET = 1
+NO_PREVIOUS_TXN_SECONDS = CARD_HISTORY / SECOND  # cap for "never seen" and "long ago"
+
+# --- what the feature views store, per entity, in order -------------------------------
+CARD_WINDOW_FEATURES = [
+    f"card_{agg}_{window}" for window in CARD_WINDOWS for agg in ("txn_count", "amount_sum", "amount_max")
+]
+CARD_FEATURES = [
+    *CARD_WINDOW_FEATURES,
+    "card_txn_count_30d",
+    "card_amount_mean_30d",
+    "card_amount_std_30d",
+    "card_distinct_merchants_24h",
+    "card_distinct_countries_24h",
+    "card_distinct_devices_24h",
+    "card_home_country",
+    "card_last_txn_at_us",
+    "card_known_devices",
+    "card_known_devices_last_seen_us",
+    "card_known_countries",
+    "card_known_countries_last_seen_us",
+]
+MERCHANT_FEATURES = [
+    "merchant_txn_count_24h",
+    "merchant_txn_count_7d",
+    "merchant_txn_count_28d_lag7d",
+    "merchant_fraud_count_28d_lag7d",
+    "merchant_fraud_rate_28d_lag7d",
+    "merchant_snapshot_at_us",
+]
+DEVICE_FEATURES = ["device_txn_count_24h", "device_distinct_cards_24h", "device_last_txn_at_us"]
+
+# --- the model's input vector, in order ------------------------------------------------
+MODEL_FEATURES = [
+    "amount_log",
+    "hour_of_day",
+    "is_weekend",
+    "channel_is_ecommerce",
+    "has_device",
+    "merchant_is_foreign",
+    "ip_is_foreign",
+    "card_has_history",
+    "card_seconds_since_prev_txn",
+    *CARD_WINDOW_FEATURES,
+    "card_txn_count_30d",
+    "card_amount_mean_30d",
+    "card_amount_std_30d",
+    "card_amount_zscore_30d",
+    "card_distinct_merchants_24h",
+    "card_distinct_countries_24h",
+    "card_distinct_devices_24h",
+    "card_device_is_new_30d",
+    "card_country_is_new_30d",
+    "merchant_txn_count_24h",
+    "merchant_txn_count_7d",
+    "merchant_txn_count_28d_lag7d",
+    "merchant_fraud_rate_28d_lag7d",
+    "device_txn_count_24h",
+    "device_distinct_cards_24h",
+]
+
+Snapshot = dict[str, Any]
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def to_us(value: datetime | int) -> int:
+    """A timezone-aware datetime (or already microseconds) as integer microseconds since the epoch."""
+    if isinstance(value, int):
+        return value
+    return (value - _EPOCH) // timedelta(microseconds=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Txn:
+    """The fields of a transaction the feature logic reads."""
+
+    transaction_id: str
+    time_us: int
+    card_id: str
+    merchant_id: str
+    merchant_country: str
+    channel: str
+    amount: float
+    device_id: str | None = None
+    ip_country: str | None = None
+
+
+# --- state per entity -------------------------------------------------------------------
+@dataclass
+class CardState:
+    # (time_us, amount, merchant_id, merchant_country, device_id) over the last 30 days
+    events: deque[tuple[int, float, str, str, str | None]] = field(default_factory=deque)
+    device_last_seen: dict[str, int] = field(default_factory=dict)
+    country_last_seen: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class MerchantState:
+    txn_times: deque[int] = field(default_factory=deque)  # last 7 days
+    txn_count_by_day: dict[int, int] = field(default_factory=dict)
+    fraud_txn_ids_by_day: dict[int, set[str]] = field(default_factory=dict)
+
+
+@dataclass
+class DeviceState:
+    events: deque[tuple[int, str]] = field(default_factory=deque)  # (time_us, card_id), last 24 h
+
+
+def card_snapshot(state: CardState, anchor: int) -> Snapshot:
+    """The card's stored features after its event at ``anchor`` (inclusive)."""
+    events = state.events
+    while events and events[0][0] <= anchor - CARD_HISTORY:
+        events.popleft()
+    snap: Snapshot = {}
+    for window, width in CARD_WINDOWS.items():
+        amounts = [e[1] for e in reversed(events) if e[0] > anchor - width] if events else []
+        snap[f"card_txn_count_{window}"] = len(amounts)
+        snap[f"card_amount_sum_{window}"] = math.fsum(amounts)
+        snap[f"card_amount_max_{window}"] = max(amounts, default=0.0)
+    amounts_30d = [e[1] for e in events]
+    mean = math.fsum(amounts_30d) / len(amounts_30d)
+    snap["card_txn_count_30d"] = len(amounts_30d)
+    snap["card_amount_mean_30d"] = mean
+    snap["card_amount_std_30d"] = math.sqrt(math.fsum((a - mean) ** 2 for a in amounts_30d) / len(amounts_30d))
+    day = [e for e in events if e[0] > anchor - DAY]
+    snap["card_distinct_merchants_24h"] = len({e[2] for e in day})
+    snap["card_distinct_countries_24h"] = len({e[3] for e in day})
+    snap["card_distinct_devices_24h"] = len({e[4] for e in day if e[4] is not None})
+    # Home = the card's most frequent merchant country; ties go to the alphabetically first.
+    counts = Counter(e[3] for e in events)
+    snap["card_home_country"] = min(counts, key=lambda c: (-counts[c], c))
+    snap["card_last_txn_at_us"] = anchor
+    for kind, seen in (("devices", state.device_last_seen), ("countries", state.country_last_seen)):
+        for key in [k for k, t in seen.items() if t <= anchor - CARD_HISTORY]:
+            del seen[key]
+        names = sorted(seen)
+        snap[f"card_known_{kind}"] = names
+        snap[f"card_known_{kind}_last_seen_us"] = [seen[n] for n in names]
+    return snap
+
+
+def merchant_snapshot(state: MerchantState, day_start: int) -> Snapshot:
+    """The merchant's stored features as known at 00:00 UTC of the day starting at ``day_start``."""
+    day = day_start // DAY
+    times = state.txn_times
+    while times and times[0] < day_start - 7 * DAY:
+        times.popleft()
+    first_day = day - MERCHANT_FRAUD_LAG_DAYS - MERCHANT_FRAUD_SPAN_DAYS
+    for old in [d for d in state.txn_count_by_day if d < first_day]:
+        del state.txn_count_by_day[old]
+        state.fraud_txn_ids_by_day.pop(old, None)
+    in_window = range(first_day, day - MERCHANT_FRAUD_LAG_DAYS)
+    txns = sum(state.txn_count_by_day.get(d, 0) for d in in_window)
+    frauds = sum(len(state.fraud_txn_ids_by_day.get(d, ())) for d in in_window)
+    return {
+        "merchant_txn_count_24h": sum(1 for t in times if t >= day_start - DAY),
+        "merchant_txn_count_7d": len(times),
+        "merchant_txn_count_28d_lag7d": txns,
+        "merchant_fraud_count_28d_lag7d": frauds,
+        "merchant_fraud_rate_28d_lag7d": frauds / txns if txns else 0.0,
+        "merchant_snapshot_at_us": day_start,
+    }
+
+
+def device_snapshot(state: DeviceState, anchor: int) -> Snapshot:
+    """The device's stored features after its event at ``anchor`` (inclusive)."""
+    events = state.events
+    while events and events[0][0] <= anchor - DEVICE_WINDOW:
+        events.popleft()
+    return {
+        "device_txn_count_24h": len(events),
+        "device_distinct_cards_24h": len({card for _, card in events}),
+        "device_last_txn_at_us": anchor,
+    }
+
+
+# --- snapshots + request → model vector ----------------------------------------------------
+def _fresh(snapshot: Snapshot | None, at_key: str, as_of: int, ttl: int) -> Snapshot | None:
+    """The snapshot if it exists and lies within its TTL (Feast's rule: ts >= as_of - ttl)."""
+    if not snapshot or snapshot.get(at_key) is None:
+        return None
+    return snapshot if snapshot[at_key] >= as_of - ttl else None
+
+
+def _last_seen(names: Sequence[str] | None, times: Sequence[int] | None, key: str | None) -> int | None:
+    # Lists arrive as Python lists (online) or numpy arrays (offline parquet).
+    if key is None or names is None or times is None or len(names) == 0:
+        return None
+    for name, seen in zip(names, times, strict=False):
+        if name == key:
+            return int(seen)
+    return None
+
+
+def model_vector(
+    txn: Txn, card: Snapshot | None, merchant: Snapshot | None, device: Snapshot | None
+) -> list[float]:
+    """The model's input vector (``MODEL_FEATURES`` order) for ``txn``.
+
+    Args:
+        txn: the transaction being scored, at time ``t``.
+        card, merchant, device: the snapshots the stores hold as of ``t - 1 µs``
+            (None or all-None values when the entity has none).
+
+    Returns:
+        Floats in ``MODEL_FEATURES`` order. Absent history gives documented defaults:
+        zeros, "new" for device/country, and 30 days since the previous transaction.
+    """
+    t = txn.time_us
+    as_of = t - AS_OF_OFFSET
+    card = _fresh(card, "card_last_txn_at_us", as_of, CARD_TTL)
+    merchant = _fresh(merchant, "merchant_snapshot_at_us", as_of, MERCHANT_TTL)
+    device = _fresh(device, "device_last_txn_at_us", as_of, DEVICE_TTL)
+
+    seconds = t // SECOND
+    hour = (seconds // 3600) % 24
+    weekday = (seconds // 86400 + 3) % 7  # 1970-01-01 was a Thursday (weekday 3)
+    home = card["card_home_country"] if card else None
+    vector = [
+        math.log1p(txn.amount),
+        float(hour),
+        1.0 if weekday >= 5 else 0.0,
+        1.0 if txn.channel == "ecommerce" else 0.0,
+        1.0 if txn.device_id else 0.0,
+        1.0 if home is not None and txn.merchant_country != home else 0.0,
+        1.0 if home is not None and txn.ip_country is not None and txn.ip_country != home else 0.0,
+    ]
+    if card is None:
+        vector += [0.0, NO_PREVIOUS_TXN_SECONDS] + [0.0] * len(CARD_WINDOW_FEATURES)
+        vector += [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0]
+    else:
+        age = t - card["card_last_txn_at_us"]
+        vector += [1.0, min(age / SECOND, NO_PREVIOUS_TXN_SECONDS)]
+        for window, width in CARD_WINDOWS.items():
+            for agg in ("txn_count", "amount_sum", "amount_max"):
+                # Once the anchor is older than the window, nothing in it is that recent.
+                vector.append(float(card[f"card_{agg}_{window}"]) if age < width else 0.0)
+        mean, std = float(card["card_amount_mean_30d"]), float(card["card_amount_std_30d"])
+        device_seen = _last_seen(card["card_known_devices"], card["card_known_devices_last_seen_us"], txn.device_id)
+        country_seen = _last_seen(
+            card["card_known_countries"], card["card_known_countries_last_seen_us"], txn.merchant_country
+        )
+        recent_day = age < DAY
+        vector += [
+            float(card["card_txn_count_30d"]),
+            mean,
+            std,
+            (txn.amount - mean) / std if std > 0 else 0.0,
+            float(card["card_distinct_merchants_24h"]) if recent_day else 0.0,
+            float(card["card_distinct_countries_24h"]) if recent_day else 0.0,
+            float(card["card_distinct_devices_24h"]) if recent_day else 0.0,
+            0.0 if device_seen is not None and device_seen > t - CARD_HISTORY else 1.0,
+            0.0 if country_seen is not None and country_seen > t - CARD_HISTORY else 1.0,
+        ]
+    if merchant is None:
+        vector += [0.0, 0.0, 0.0, 0.0]
+    else:
+        vector += [
+            float(merchant["merchant_txn_count_24h"]),
+            float(merchant["merchant_txn_count_7d"]),
+            float(merchant["merchant_txn_count_28d_lag7d"]),
+            float(merchant["merchant_fraud_rate_28d_lag7d"]),
+        ]
+    if device is None or t - device["device_last_txn_at_us"] >= DEVICE_WINDOW:
+        vector += [0.0, 0.0]
+    else:
+        vector += [float(device["device_txn_count_24h"]), float(device["device_distinct_cards_24h"])]
+    return vector
+
+
+def as_feature_dict(vector: Sequence[float]) -> dict[str, float]:
+    return dict(zip(MODEL_FEATURES, vector, strict=True))

@@ -1,0 +1,80 @@
+"""Opening the Feast store for the active profile, registering the definitions, online reads.
+
+The profile picks the `feature_store*.yaml`; the settings fill its placeholders. Every
+stage that touches Feast goes through `open_store`, so none of them builds its own config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from string import Template
+from typing import Any
+
+import yaml
+from feast import FeatureService, FeatureStore, RepoConfig
+
+from core.features import CARD_FEATURES, DEVICE_FEATURES, MERCHANT_FEATURES, Snapshot
+from core.settings import Settings
+from feature_repo.data_sources import build_sources
+from feature_repo.entities import ALL_ENTITIES
+from feature_repo.feature_services import FRAUD_SCORING_SERVICE, build_feature_services
+from feature_repo.feature_views import build_feature_views
+
+REPO_DIR = Path(__file__).resolve().parent
+YAML_BY_PROFILE = {"embedded": "feature_store.yaml", "compose": "feature_store.compose.yaml"}
+
+
+def repo_config(settings: Settings) -> RepoConfig:
+    """The Feast config of the active profile, placeholders filled from the settings."""
+    text = (REPO_DIR / YAML_BY_PROFILE[settings.profile]).read_text()
+    values = {
+        "feast_project": settings.feast_project,
+        "feast_dir": str(settings.feast_dir),
+        "redis_url": settings.redis_url,
+    }
+    config = RepoConfig(**yaml.safe_load(Template(text).substitute(values)))
+    config.repo_path = REPO_DIR
+    return config
+
+
+def open_store(settings: Settings) -> FeatureStore:
+    """A FeatureStore for the active profile (creates `var/feast/` if needed)."""
+    settings.offline_dir.mkdir(parents=True, exist_ok=True)
+    return FeatureStore(config=repo_config(settings))
+
+
+def definitions(settings: Settings) -> list[Any]:
+    """Every Feast object of the repository, built for this checkout's paths."""
+    sources = build_sources(settings.offline_dir)
+    views = build_feature_views(sources)
+    return [*ALL_ENTITIES, *sources.values(), *views.values(), *build_feature_services(views)]
+
+
+def apply_definitions(store: FeatureStore, settings: Settings) -> None:
+    """Register (or update) entities, sources, views and services; idempotent."""
+    store.apply(definitions(settings))
+
+
+def scoring_service(store: FeatureStore) -> FeatureService:
+    return store.get_feature_service(FRAUD_SCORING_SERVICE)
+
+
+def _split(row: dict[str, Any], names: Sequence[str], at_key: str) -> Snapshot | None:
+    if row.get(at_key) is None:
+        return None
+    return {name: row.get(name) for name in names}
+
+
+def read_online(
+    store: FeatureStore, card_id: str, merchant_id: str | None = None, device_id: str | None = None
+) -> dict[str, Snapshot | None]:
+    """The card, merchant and device snapshots the online store holds now (None when absent)."""
+    entity = {"card_id": card_id, "merchant_id": merchant_id or "", "device_id": device_id or ""}
+    response = store.get_online_features(features=scoring_service(store), entity_rows=[entity])
+    row = {name: values[0] for name, values in response.to_dict().items()}
+    return {
+        "card": _split(row, CARD_FEATURES, "card_last_txn_at_us"),
+        "merchant": _split(row, MERCHANT_FEATURES, "merchant_snapshot_at_us") if merchant_id else None,
+        "device": _split(row, DEVICE_FEATURES, "device_last_txn_at_us") if device_id else None,
+    }

@@ -1,0 +1,188 @@
+"""Batch backfill: history → feature snapshots → Feast offline store → online store.
+
+Runs the one feature logic (`core.feature_engine`) over every transaction and label of a
+dataset in time order, writes each feature view's snapshots to its parquet batch source,
+registers the Feast definitions and materializes the latest snapshot per entity online.
+Re-running on the same data rebuilds the same store: the online store is torn down first
+and the parquet files are replaced, never appended to.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import pandas as pd
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from core.dataset import read_labels, read_transactions
+from core.feature_engine import CARD_VIEW, DEVICE_VIEW, MERCHANT_VIEW, FeatureEngine
+from core.features import CARD_FEATURES, DEVICE_FEATURES, MERCHANT_FEATURES, MODEL_FEATURES, Txn
+from core.settings import Settings, get_settings
+from feature_repo.data_sources import TIMESTAMP_FIELD, offline_path
+from feature_repo.store import apply_definitions, open_store
+
+log = logging.getLogger(__name__)
+
+VIEW_COLUMNS = {
+    CARD_VIEW: ("card_id", CARD_FEATURES),
+    MERCHANT_VIEW: ("merchant_id", MERCHANT_FEATURES),
+    DEVICE_VIEW: ("device_id", DEVICE_FEATURES),
+}
+
+
+def transactions_as_txns(frame: pd.DataFrame) -> list[Txn]:
+    """Rows of a transactions frame as the feature logic's `Txn` records, in frame order."""
+    times = frame["event_time"].astype("datetime64[us, UTC]").astype("int64").tolist()
+    columns = ["transaction_id", "card_id", "merchant_id", "merchant_country", "channel", "amount"]
+    values = [frame[c].tolist() for c in columns]
+    devices = frame["device_id"].astype(object).where(frame["device_id"].notna(), None).tolist()
+    ips = frame["ip_country"].astype(object).where(frame["ip_country"].notna(), None).tolist()
+    return [
+        Txn(tid, t, card, merchant, country, channel, float(amount), dev, ip)
+        for tid, card, merchant, country, channel, amount, t, dev, ip in zip(*values, times, devices, ips, strict=True)
+    ]
+
+
+class _SnapshotCollector:
+    """A feature-engine sink that gathers snapshot rows column-wise per view."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, list[tuple[Any, ...]]] = {view: [] for view in VIEW_COLUMNS}
+
+    def __call__(self, view: str, entity_id: str, time_us: int, snapshot: dict[str, Any]) -> None:
+        names = VIEW_COLUMNS[view][1]
+        self.rows[view].append((entity_id, time_us, *(snapshot[n] for n in names)))
+
+    def frame(self, view: str) -> pd.DataFrame:
+        key, names = VIEW_COLUMNS[view]
+        frame = pd.DataFrame.from_records(self.rows[view], columns=[key, TIMESTAMP_FIELD, *names])
+        frame[TIMESTAMP_FIELD] = pd.to_datetime(frame[TIMESTAMP_FIELD], unit="us", utc=True)
+        return frame
+
+
+@dataclass
+class BackfillResult:
+    transactions: int
+    labels: int
+    snapshot_rows: dict[str, int]
+    seconds: float
+    vectors: pd.DataFrame | None = None  # per transaction, when asked for
+
+
+def compute_snapshots(
+    transactions: pd.DataFrame, labels: pd.DataFrame, with_vectors: bool = False, progress: bool = False
+) -> tuple[dict[str, pd.DataFrame], pd.DataFrame | None]:
+    """Run the feature logic over a history; return snapshot frames per view (and vectors).
+
+    Args:
+        transactions: sorted by event_time (as `read_transactions` returns them).
+        labels: sorted by reported_at.
+        with_vectors: also return the model vector of every transaction, computed
+            directly by the engine — the reference the Feast training frame must equal.
+        progress: show a progress bar.
+    """
+    collector = _SnapshotCollector()
+    engine = FeatureEngine(sink=collector)
+    txns = transactions_as_txns(transactions)
+    label_times = labels["reported_at"].astype("datetime64[us, UTC]").astype("int64").tolist()
+    label_rows = list(zip(labels["transaction_id"].tolist(), labels["is_fraud"].tolist(), label_times, strict=True))
+    vectors: list[list[float]] = []
+    columns = [
+        TextColumn("backfill"),
+        BarColumn(),
+        TextColumn("{task.completed:,}/{task.total:,} txns"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ]
+    with Progress(*columns, disable=not progress, transient=False) as bar:
+        task = bar.add_task("backfill", total=len(txns))
+        next_label = 0
+        for i, txn in enumerate(txns):
+            # Labels reported strictly before this transaction are known to it.
+            while next_label < len(label_rows) and label_rows[next_label][2] < txn.time_us:
+                tid, is_fraud, reported = label_rows[next_label]
+                engine.add_label(tid, bool(is_fraud), reported)
+                next_label += 1
+            if with_vectors:
+                vectors.append(engine.vector(txn))
+            engine.add_transaction(txn)
+            if i % 20_000 == 0:
+                bar.update(task, completed=i)
+        for tid, is_fraud, reported in label_rows[next_label:]:
+            engine.add_label(tid, bool(is_fraud), reported)
+        bar.update(task, completed=len(txns))
+    frames = {view: collector.frame(view) for view in VIEW_COLUMNS}
+    vector_frame = None
+    if with_vectors:
+        vector_frame = pd.DataFrame(vectors, columns=MODEL_FEATURES)
+        vector_frame.insert(0, "transaction_id", [t.transaction_id for t in txns])
+    return frames, vector_frame
+
+
+def write_offline(frames: dict[str, pd.DataFrame], offline_dir: Path) -> None:
+    """Replace each view's parquet batch source with its snapshot frame."""
+    offline_dir.mkdir(parents=True, exist_ok=True)
+    for view, frame in frames.items():
+        target = offline_path(offline_dir, view)
+        tmp = target.with_suffix(".parquet.tmp")
+        frame.to_parquet(tmp, index=False)
+        tmp.replace(target)
+
+
+def backfill(
+    data_dir: Path, settings: Settings, with_vectors: bool = False, progress: bool = False
+) -> BackfillResult:
+    """Compute features for a dataset into the offline store and materialize them online."""
+    started = time.perf_counter()
+    transactions, labels = read_transactions(data_dir), read_labels(data_dir)
+    if transactions.empty:
+        raise ValueError(f"{data_dir} holds no transactions")
+    frames, vectors = compute_snapshots(transactions, labels, with_vectors=with_vectors, progress=progress)
+    write_offline(frames, settings.offline_dir)
+
+    store = open_store(settings)
+    if settings.feast_dir.joinpath("registry.db").exists():
+        store.teardown()  # drop online tables so a re-run leaves exactly this data's state
+        store = open_store(settings)
+    apply_definitions(store, settings)
+    stamps = [f[TIMESTAMP_FIELD] for f in frames.values() if not f.empty]
+    start = min(s.min() for s in stamps).to_pydatetime()
+    end = max(s.max() for s in stamps).to_pydatetime() + timedelta(seconds=1)
+    store.materialize(start_date=start, end_date=end)
+    return BackfillResult(
+        transactions=len(transactions),
+        labels=len(labels),
+        snapshot_rows={view: len(f) for view, f in frames.items()},
+        seconds=time.perf_counter() - started,
+        vectors=vectors,
+    )
+
+
+def cli(
+    data: Annotated[
+        Path | None, typer.Option("--data", help="Dataset folder written by `simulate` or `import`.")
+    ] = None,
+) -> None:
+    """Compute features from a dataset into the Feast offline store and materialize them online.
+
+    Example: fraudctl backfill --data var/data
+    """
+    settings = get_settings()
+    data_dir = data or settings.demo_data_dir
+    console = Console()
+    result = backfill(data_dir, settings, progress=True)
+    rows = ", ".join(f"{view} {n:,}" for view, n in result.snapshot_rows.items())
+    console.print(
+        f"[green]backfilled[/] {result.transactions:,} transactions and {result.labels:,} labels "
+        f"in {result.seconds:.1f}s → snapshot rows: {rows}"
+    )
+
+
+
