@@ -63,7 +63,8 @@ class _SnapshotCollector:
     def frame(self, view: str) -> pd.DataFrame:
         key, names = VIEW_COLUMNS[view]
         frame = pd.DataFrame.from_records(self.rows[view], columns=[key, TIMESTAMP_FIELD, *names])
-        frame[TIMESTAMP_FIELD] = pd.to_datetime(frame[TIMESTAMP_FIELD], unit="us", utc=True)
+        # Microseconds: DuckDB cannot cast nanosecond tz-aware timestamps when materializing.
+        frame[TIMESTAMP_FIELD] = pd.to_datetime(frame[TIMESTAMP_FIELD], unit="us", utc=True).astype("datetime64[us, UTC]")
         return frame
 
 

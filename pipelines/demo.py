@@ -1,0 +1,60 @@
+"""`fraudctl demo`: every stage that exists so far, end to end, on the embedded profile.
+
+Each later stage (stream, train, serve, monitor) adds its step here, so `make demo`
+always shows the whole system as far as it is built.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from core.dataset import read_transactions
+from core.settings import get_settings
+from feature_repo.store import open_store, read_online
+from pipelines import simulate
+from pipelines.backfill import backfill
+from pipelines.online_features import cli as show_features
+
+
+def cli(
+    days: Annotated[int | None, typer.Option(help="Days to simulate (default: settings.demo_days).")] = None,
+    cards: Annotated[int | None, typer.Option(help="Cards to simulate (default: settings.demo_cards).")] = None,
+) -> None:
+    """Simulate transactions → backfill Feast → show online features of a sample card.
+
+    Example: fraudctl demo --days 14 --cards 2000
+    """
+    settings = get_settings()
+    console = Console()
+    data_dir = settings.demo_data_dir
+
+    console.rule("[bold]1. simulate transactions, fraud scenarios and delayed chargebacks")
+    params = simulate.SimulationParams(
+        days=days or settings.demo_days,
+        cards=cards or settings.demo_cards,
+        merchants=settings.demo_merchants,
+        seed=settings.demo_seed,
+    )
+    started = time.perf_counter()
+    manifest = simulate.run(data_dir, params, progress=True)
+    console.print(simulate._summary(manifest))
+    console.print(f"wrote {data_dir} in {time.perf_counter() - started:.1f}s")
+
+    console.rule("[bold]2. backfill features into Feast (offline parquet → online SQLite)")
+    result = backfill(data_dir, settings, progress=True)
+    console.print(f"snapshot rows {result.snapshot_rows} in {result.seconds:.1f}s")
+
+    console.rule("[bold]3. online features of a sample card")
+    transactions = read_transactions(data_dir)
+    # A card that was hit by card testing makes the most telling sample.
+    fraud = transactions[transactions["scenario"] == "card_testing"]
+    sample = (fraud if not fraud.empty else transactions).iloc[-1]
+    device = sample["device_id"] if isinstance(sample["device_id"], str) else None
+    started = time.perf_counter()
+    read_online(open_store(settings), sample["card_id"], sample["merchant_id"], device)
+    console.print(f"online read of card + merchant + device: {(time.perf_counter() - started) * 1e3:.1f} ms")
+    show_features(card=sample["card_id"], merchant=sample["merchant_id"], device=device, as_json=False)
