@@ -1,0 +1,79 @@
+"""Benchmark: backfill throughput on ~1M transactions and Feast online read latency.
+
+Writes a 1M-transaction dataset under var/bench/ (reused if present), backfills it into
+a Feast store under var/bench/, then times `read_online` — one transaction's full
+feature vector inputs (card + merchant + device) — for a sample of transactions.
+
+    python -m benchmarks.bench_feature_store
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import resource
+import time
+from typing import Any
+
+import numpy as np
+
+from benchmarks.bench_simulate import CARDS, DAYS, MERCHANTS, SEED
+
+READS = 2_000
+WARMUP_READS = 100
+
+
+def _in_child(queue: multiprocessing.Queue) -> None:
+    from core.dataset import read_transactions
+    from core.settings import Settings
+    from feature_repo.store import open_store, read_online
+    from pipelines import simulate
+    from pipelines.backfill import backfill
+
+    base = Settings()
+    settings = Settings(var_dir=base.var_dir / "bench")
+    data = settings.var_dir / "data_1m"
+    if not (data / "manifest.json").exists():
+        simulate.run(data, simulate.SimulationParams(days=DAYS, cards=CARDS, merchants=MERCHANTS, seed=SEED))
+    result = backfill(data, settings)
+    backfill_peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    sample = read_transactions(data).sample(READS + WARMUP_READS, random_state=SEED)
+    store = open_store(settings)
+    latencies = []
+    for i, row in enumerate(sample.itertuples(index=False)):
+        device = row.device_id if isinstance(row.device_id, str) else None
+        started = time.perf_counter()
+        read_online(store, row.card_id, row.merchant_id, device)
+        if i >= WARMUP_READS:
+            latencies.append((time.perf_counter() - started) * 1e3)
+    ms = np.array(latencies)
+    queue.put(
+        {
+            "backfill_transactions": result.transactions,
+            "backfill_seconds": round(result.seconds, 2),
+            "backfill_rows_per_second": round(result.transactions / result.seconds, 1),
+            "backfill_peak_rss_mb": round(backfill_peak_kib / 1024, 1),
+            "online_read_p50_ms": round(float(np.percentile(ms, 50)), 3),
+            "online_read_p99_ms": round(float(np.percentile(ms, 99)), 3),
+            "online_read_max_ms": round(float(ms.max()), 3),
+            "online_reads": len(ms),
+        }
+    )
+
+
+def run_benchmark() -> dict[str, Any]:
+    """Backfill ~1M transactions and time online reads, in a fresh child process."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    child = context.Process(target=_in_child, args=(queue,))
+    child.start()
+    result = queue.get(timeout=3_000)
+    child.join()
+    if child.exitcode != 0:
+        raise RuntimeError(f"benchmark child exited with {child.exitcode}")
+    return dict(result)
+
+
+if __name__ == "__main__":
+    print(json.dumps(run_benchmark()))
