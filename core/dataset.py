@@ -33,11 +33,12 @@ class DatasetError(ValueError):
 
 def _write_partitioned(frame: pd.DataFrame, schema: pa.Schema, day_column: str, folder: Path) -> None:
     folder.mkdir(parents=True)
-    days = frame[day_column].dt.strftime("%Y-%m-%d")
-    for day, part in frame.groupby(days, sort=True):
+    # Group on the floored day and format only the group keys: strftime per row is slow.
+    for day, part in frame.groupby(frame[day_column].dt.floor("D"), sort=True):
         table = pa.Table.from_pandas(part[schema.names], schema=schema, preserve_index=False)
-        (folder / f"date={day}").mkdir()
-        pq.write_table(table, folder / f"date={day}" / "part-0.parquet", compression="zstd")
+        partition = folder / f"date={day:%Y-%m-%d}"
+        partition.mkdir()
+        pq.write_table(table, partition / "part-0.parquet", compression="zstd")
 
 
 def write_dataset(out: Path, transactions: pd.DataFrame, labels: pd.DataFrame, manifest: dict[str, Any]) -> None:
@@ -50,9 +51,14 @@ def write_dataset(out: Path, transactions: pd.DataFrame, labels: pd.DataFrame, m
         _write_partitioned(labels, LABEL_ARROW_SCHEMA, "reported_at", staging / "labels")
         manifest = {**manifest, "transactions": len(transactions), "labels": len(labels)}
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+        # Swap: the old dataset is moved aside before the new one takes its place, so a crash
+        # at any moment leaves either the old or the new dataset under `out`'s parent.
+        previous = out.with_name(f".{out.name}-previous")
+        shutil.rmtree(previous, ignore_errors=True)
         if out.exists():
-            shutil.rmtree(out)
+            out.rename(previous)
         staging.rename(out)
+        shutil.rmtree(previous, ignore_errors=True)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -81,6 +87,7 @@ def read_labels(data_dir: Path) -> pd.DataFrame:
 
 
 def read_manifest(data_dir: Path) -> dict[str, Any]:
+    """The manifest `simulate` or `import` wrote: how the dataset was made, and its counts."""
     path = Path(data_dir) / MANIFEST
     if not path.exists():
         raise DatasetError(f"{data_dir} has no {MANIFEST}: run `fraudctl simulate` or `fraudctl import` first")
@@ -93,7 +100,8 @@ def make_timestamps_unique(times: pd.Series) -> pd.Series:
     Features use events *strictly before* t; two events at the same instant would make
     "before" ambiguous (the batch engine would see one, Feast's as-of join would not).
     Imported data often has second-resolution timestamps, so ties are broken here, once,
-    in file order — the only change ever made to a user's timestamps.
+    in file order. Besides truncation to the schema's microseconds, it is the only change
+    ever made to a user's timestamps.
     """
     order = times.sort_values(kind="stable")
     values = order.to_numpy(dtype="datetime64[us]").astype("int64")
