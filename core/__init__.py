@@ -1,1 +1,1 @@
-"""Contracts every stage shares: settings, the event schema, the dataset layout, the feature logic, the CLI."""
+"""Contracts every stage shares: settings, event schema, dataset layout, feature logic, the CLI."""

@@ -51,7 +51,8 @@ def clean(yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] 
 @app.command("bench")
 def bench(
     only: Annotated[
-        list[str] | None, typer.Option("--only", help="Run just these benchmarks (repeatable), e.g. simulate.")
+        list[str] | None,
+        typer.Option("--only", help="Run just these benchmarks (repeatable), e.g. simulate."),
     ] = None,
 ) -> None:
     """Run the benchmarks and write JSON to benchmarks/results/NAME.json.

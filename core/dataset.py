@@ -41,7 +41,9 @@ def _write_partitioned(frame: pd.DataFrame, schema: pa.Schema, day_column: str, 
         pq.write_table(table, partition / "part-0.parquet", compression="zstd")
 
 
-def write_dataset(out: Path, transactions: pd.DataFrame, labels: pd.DataFrame, manifest: dict[str, Any]) -> None:
+def write_dataset(
+    out: Path, transactions: pd.DataFrame, labels: pd.DataFrame, manifest: dict[str, Any]
+) -> None:
     """Write transactions and labels to ``out``, replacing what was there, all or nothing."""
     out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -90,7 +92,9 @@ def read_manifest(data_dir: Path) -> dict[str, Any]:
     """The manifest `simulate` or `import` wrote: how the dataset was made, and its counts."""
     path = Path(data_dir) / MANIFEST
     if not path.exists():
-        raise DatasetError(f"{data_dir} has no {MANIFEST}: run `fraudctl simulate` or `fraudctl import` first")
+        raise DatasetError(
+            f"{data_dir} has no {MANIFEST}: run `fraudctl simulate` or `fraudctl import` first"
+        )
     return dict(json.loads(path.read_text()))
 
 

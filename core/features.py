@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -183,7 +183,9 @@ def card_snapshot(state: CardState, anchor: int) -> Snapshot:
     mean = math.fsum(amounts_30d) / len(amounts_30d)
     snap["card_txn_count_30d"] = len(amounts_30d)
     snap["card_amount_mean_30d"] = mean
-    snap["card_amount_std_30d"] = math.sqrt(math.fsum((a - mean) ** 2 for a in amounts_30d) / len(amounts_30d))
+    snap["card_amount_std_30d"] = math.sqrt(
+        math.fsum((a - mean) ** 2 for a in amounts_30d) / len(amounts_30d)
+    )
     day = [e for e in events if e[0] > anchor - DAY]
     snap["card_distinct_merchants_24h"] = len({e[2] for e in day})
     snap["card_distinct_countries_24h"] = len({e[3] for e in day})
@@ -298,7 +300,9 @@ def model_vector(
                 # Once the anchor is older than the window, nothing in it is that recent.
                 vector.append(float(card[f"card_{agg}_{window}"]) if age < width else 0.0)
         mean, std = float(card["card_amount_mean_30d"]), float(card["card_amount_std_30d"])
-        device_seen = _last_seen(card["card_known_devices"], card["card_known_devices_last_seen_us"], txn.device_id)
+        device_seen = _last_seen(
+            card["card_known_devices"], card["card_known_devices_last_seen_us"], txn.device_id
+        )
         country_seen = _last_seen(
             card["card_known_countries"], card["card_known_countries_last_seen_us"], txn.merchant_country
         )

@@ -46,7 +46,9 @@ def transactions_as_txns(frame: pd.DataFrame) -> list[Txn]:
     ips = frame["ip_country"].astype(object).where(frame["ip_country"].notna(), None).tolist()
     return [
         Txn(tid, t, card, merchant, country, channel, float(amount), dev, ip)
-        for tid, card, merchant, country, channel, amount, t, dev, ip in zip(*values, times, devices, ips, strict=True)
+        for tid, card, merchant, country, channel, amount, t, dev, ip in zip(
+            *values, times, devices, ips, strict=True
+        )
     ]
 
 
@@ -64,7 +66,9 @@ class _SnapshotCollector:
         key, names = VIEW_COLUMNS[view]
         frame = pd.DataFrame.from_records(self.rows[view], columns=[key, TIMESTAMP_FIELD, *names])
         # Microseconds: DuckDB cannot cast nanosecond tz-aware timestamps when materializing.
-        frame[TIMESTAMP_FIELD] = pd.to_datetime(frame[TIMESTAMP_FIELD], unit="us", utc=True).astype("datetime64[us, UTC]")
+        frame[TIMESTAMP_FIELD] = pd.to_datetime(frame[TIMESTAMP_FIELD], unit="us", utc=True).astype(
+            "datetime64[us, UTC]"
+        )
         return frame
 
 
@@ -93,7 +97,9 @@ def compute_snapshots(
     engine = FeatureEngine(sink=collector)
     txns = transactions_as_txns(transactions)
     label_times = labels["reported_at"].astype("datetime64[us, UTC]").astype("int64").tolist()
-    label_rows = list(zip(labels["transaction_id"].tolist(), labels["is_fraud"].tolist(), label_times, strict=True))
+    label_rows = list(
+        zip(labels["transaction_id"].tolist(), labels["is_fraud"].tolist(), label_times, strict=True)
+    )
     vectors: list[list[float]] = []
     columns = [
         TextColumn("backfill"),
@@ -184,6 +190,3 @@ def cli(
         f"[green]backfilled[/] {result.transactions:,} transactions and {result.labels:,} labels "
         f"in {result.seconds:.1f}s → snapshot rows: {rows}"
     )
-
-
-

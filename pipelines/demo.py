@@ -22,7 +22,9 @@ from pipelines.online_features import cli as show_features
 
 def cli(
     days: Annotated[int | None, typer.Option(help="Days to simulate (default: settings.demo_days).")] = None,
-    cards: Annotated[int | None, typer.Option(help="Cards to simulate (default: settings.demo_cards).")] = None,
+    cards: Annotated[
+        int | None, typer.Option(help="Cards to simulate (default: settings.demo_cards).")
+    ] = None,
 ) -> None:
     """Simulate transactions → backfill Feast → show online features of a sample card.
 

@@ -23,7 +23,9 @@ def _show(value: Any) -> str:
 
 
 def _when(us: Any) -> str:
-    return datetime.fromtimestamp(int(us) / 1e6, tz=UTC).isoformat(timespec="seconds") if us is not None else "—"
+    return (
+        datetime.fromtimestamp(int(us) / 1e6, tz=UTC).isoformat(timespec="seconds") if us is not None else "—"
+    )
 
 
 def cli(

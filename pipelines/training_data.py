@@ -49,7 +49,9 @@ def _snapshots(frame: pd.DataFrame, names: Sequence[str], at_key: str) -> list[S
     return [None if _is_missing(r[at_key]) else r for r in records]
 
 
-def historical_snapshots(store: FeatureStore, transactions: pd.DataFrame, chunk_size: int = 100_000) -> pd.DataFrame:
+def historical_snapshots(
+    store: FeatureStore, transactions: pd.DataFrame, chunk_size: int = 100_000
+) -> pd.DataFrame:
     """Feast point-in-time snapshots for every transaction, one row each, in input order.
 
     Chunked because the file offline store joins each entity row with every feature row
@@ -69,9 +71,13 @@ def historical_snapshots(store: FeatureStore, transactions: pd.DataFrame, chunk_
             }
         )
         joined = store.get_historical_features(entity_df=entity_df, features=service).to_df()
-        joined = joined.drop(columns=["card_id", "merchant_id", "device_id", ENTITY_TIMESTAMP], errors="ignore")
+        joined = joined.drop(
+            columns=["card_id", "merchant_id", "device_id", ENTITY_TIMESTAMP], errors="ignore"
+        )
         # Left-join back: rows Feast dropped come back with empty snapshots.
-        parts.append(entity_df[["transaction_id"]].merge(joined, on="transaction_id", how="left", validate="1:1"))
+        parts.append(
+            entity_df[["transaction_id"]].merge(joined, on="transaction_id", how="left", validate="1:1")
+        )
     return pd.concat(parts, ignore_index=True)
 
 

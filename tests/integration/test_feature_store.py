@@ -39,19 +39,28 @@ def _check_online_equals_latest_snapshots(settings: Settings, data: Path) -> Non
     frames, _ = compute_snapshots(read_transactions(data), read_labels(data))
     store = open_store(settings)
     latest_cards = frames[CARD_VIEW].drop_duplicates("card_id", keep="last").set_index("card_id")
-    latest_merchants = frames[MERCHANT_VIEW].drop_duplicates("merchant_id", keep="last").set_index("merchant_id")
+    latest_merchants = (
+        frames[MERCHANT_VIEW].drop_duplicates("merchant_id", keep="last").set_index("merchant_id")
+    )
     latest_devices = frames[DEVICE_VIEW].drop_duplicates("device_id", keep="last").set_index("device_id")
     for card_id in latest_cards.index[:25]:
         merchant_id, device_id = latest_merchants.index[0], latest_devices.index[0]
         online = read_online(store, card_id, merchant_id, device_id)
         for name in CARD_FEATURES:
             assert _same(online["card"][name], latest_cards.loc[card_id, name]), (card_id, name)
-        assert online["merchant"]["merchant_snapshot_at_us"] == latest_merchants.loc[merchant_id, "merchant_snapshot_at_us"]
-        assert online["device"]["device_txn_count_24h"] == latest_devices.loc[device_id, "device_txn_count_24h"]
+        assert (
+            online["merchant"]["merchant_snapshot_at_us"]
+            == latest_merchants.loc[merchant_id, "merchant_snapshot_at_us"]
+        )
+        assert (
+            online["device"]["device_txn_count_24h"] == latest_devices.loc[device_id, "device_txn_count_24h"]
+        )
     assert read_online(store, "no-such-card")["card"] is None
 
 
-def test_embedded_backfill_materializes_latest_snapshots(small_dataset: Path, embedded_settings: Settings) -> None:
+def test_embedded_backfill_materializes_latest_snapshots(
+    small_dataset: Path, embedded_settings: Settings
+) -> None:
     result = backfill(small_dataset, embedded_settings)
     assert result.snapshot_rows[CARD_VIEW] == result.transactions
     store = open_store(embedded_settings)
@@ -104,7 +113,9 @@ def test_training_frame_equals_direct_feature_logic(small_dataset: Path, embedde
     np.testing.assert_allclose(frame[MODEL_FEATURES].to_numpy(), direct.to_numpy(), rtol=1e-12, atol=1e-12)
 
 
-def test_training_labels_are_those_known_at_the_cutoff(small_dataset: Path, embedded_settings: Settings) -> None:
+def test_training_labels_are_those_known_at_the_cutoff(
+    small_dataset: Path, embedded_settings: Settings
+) -> None:
     backfill(small_dataset, embedded_settings)
     transactions, labels = read_transactions(small_dataset), read_labels(small_dataset)
     cutoff = transactions["event_time"].min() + pd.Timedelta(days=10)
