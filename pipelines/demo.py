@@ -14,7 +14,7 @@ from rich.console import Console
 
 from core.dataset import read_transactions
 from core.settings import get_settings
-from feature_repo.store import open_store, read_online
+from feature_repo.store import open_store, read_online, scoring_service
 from pipelines import simulate
 from pipelines.backfill import backfill
 from pipelines.online_features import cli as show_features
@@ -56,7 +56,10 @@ def cli(
     fraud = transactions[transactions["scenario"] == "card_testing"]
     sample = (fraud if not fraud.empty else transactions).iloc[-1]
     device = sample["device_id"] if isinstance(sample["device_id"], str) else None
+    store = open_store(settings)
+    service = scoring_service(store)
+    read_online(store, sample["card_id"], sample["merchant_id"], device, service)  # warm-up
     started = time.perf_counter()
-    read_online(open_store(settings), sample["card_id"], sample["merchant_id"], device)
+    read_online(store, sample["card_id"], sample["merchant_id"], device, service)
     console.print(f"online read of card + merchant + device: {(time.perf_counter() - started) * 1e3:.1f} ms")
     show_features(card=sample["card_id"], merchant=sample["merchant_id"], device=device, as_json=False)
