@@ -46,6 +46,9 @@ def write_dataset(
 ) -> None:
     """Write transactions and labels to ``out``, replacing what was there, all or nothing."""
     out = out.resolve()
+    if out.exists() and any(out.iterdir()) and not (out / MANIFEST).exists():
+        # Never replace a folder this project did not write (think `--out ~`).
+        raise DatasetError(f"{out} is not empty and holds no {MANIFEST}; refusing to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
@@ -112,5 +115,5 @@ def make_timestamps_unique(times: pd.Series) -> pd.Series:
     # Running maximum of (value - position) restores a strictly increasing sequence.
     positions = np.arange(len(values), dtype="int64")
     fixed = np.maximum.accumulate(values - positions) + positions
-    result = pd.Series(pd.to_datetime(fixed, unit="us", utc=True), index=order.index)
+    result = pd.Series(pd.to_datetime(fixed, unit="us", utc=True).as_unit("us"), index=order.index)
     return result.reindex(times.index)

@@ -59,6 +59,8 @@ DEVICE_TTL = DEVICE_WINDOW
 
 # Features of a transaction at t are read as of t - 1 µs: strictly before t.
 AS_OF_OFFSET = 1
+# Below one cent of spread a card has no amount habit to deviate from: z-score 0.
+MIN_AMOUNT_STD = 0.01
 NO_PREVIOUS_TXN_SECONDS = CARD_HISTORY / SECOND  # cap for "never seen" and "long ago"
 
 # --- what the feature views store, per entity, in order -------------------------------
@@ -180,12 +182,14 @@ def card_snapshot(state: CardState, anchor: int) -> Snapshot:
         snap[f"card_amount_sum_{window}"] = math.fsum(amounts)
         snap[f"card_amount_max_{window}"] = max(amounts, default=0.0)
     amounts_30d = [e[1] for e in events]
-    mean = math.fsum(amounts_30d) / len(amounts_30d)
+    if min(amounts_30d) == max(amounts_30d):  # exact: fsum(a)/n need not equal a (1e-15 "std")
+        mean, std = amounts_30d[0], 0.0
+    else:
+        mean = math.fsum(amounts_30d) / len(amounts_30d)
+        std = math.sqrt(math.fsum((a - mean) ** 2 for a in amounts_30d) / len(amounts_30d))
     snap["card_txn_count_30d"] = len(amounts_30d)
     snap["card_amount_mean_30d"] = mean
-    snap["card_amount_std_30d"] = math.sqrt(
-        math.fsum((a - mean) ** 2 for a in amounts_30d) / len(amounts_30d)
-    )
+    snap["card_amount_std_30d"] = std
     day = [e for e in events if e[0] > anchor - DAY]
     snap["card_distinct_merchants_24h"] = len({e[2] for e in day})
     snap["card_distinct_countries_24h"] = len({e[3] for e in day})
@@ -311,7 +315,7 @@ def model_vector(
             float(card["card_txn_count_30d"]),
             mean,
             std,
-            (txn.amount - mean) / std if std > 0 else 0.0,
+            (txn.amount - mean) / std if std >= MIN_AMOUNT_STD else 0.0,
             float(card["card_distinct_merchants_24h"]) if recent_day else 0.0,
             float(card["card_distinct_countries_24h"]) if recent_day else 0.0,
             float(card["card_distinct_devices_24h"]) if recent_day else 0.0,

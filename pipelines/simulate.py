@@ -16,7 +16,7 @@ seed are used, one per stage and day, so the same arguments give the same data.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
@@ -309,7 +310,16 @@ def simulate(
     """
     mix = dict(sc.DEFAULT_SCENARIO_MIX) if scenario_mix is None else dict(scenario_mix)
     params = SimulationParams(
-        days, cards, merchants, seed, start, fraud_rate, mix, drift, drift_start, unreported_share
+        days=days,
+        cards=cards,
+        merchants=merchants,
+        seed=seed,
+        start=start,
+        fraud_rate=fraud_rate,
+        scenario_mix=mix,
+        drift=drift,
+        drift_start=drift_start,
+        unreported_share=unreported_share,
     )
     simulation = generate(params, progress=progress)
     return simulation.transactions, simulation.labels
@@ -342,10 +352,7 @@ def run(out: Path, params: SimulationParams, progress: bool = False) -> dict[str
         "command": "simulate",
         "parameters": asdict(params),
         "seed": params.seed,
-        "period": {
-            "start": params.start,
-            "end_exclusive": params.start.fromordinal(params.start.toordinal() + params.days),
-        },
+        "period": {"start": params.start, "end_exclusive": params.start + timedelta(days=params.days)},
         "cards": params.cards,
         "scenarios": {k: int(v) for k, v in transactions["scenario"].value_counts().items()},
         "fraud_transactions": fraud,
@@ -407,12 +414,12 @@ def cli(
         drift_start=drift_start,
     )
     out = settings.demo_data_dir if out is None else out
-    console = Console()
     try:
         manifest = run(out, params, progress=True)
     except ValueError as error:
-        Console(stderr=True).print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+        Console(stderr=True).print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
+    console = Console()
     console.print(_summary(manifest))
     console.print(f"wrote {out}", highlight=False, soft_wrap=True)
 
