@@ -112,10 +112,7 @@ class FeatureEngine:
         self._txn_ids_by_day.setdefault(day, []).append(txn.transaction_id)
 
         card = self.cards.setdefault(txn.card_id, CardState())
-        card.events.append((t, txn.amount, txn.merchant_id, txn.merchant_country, txn.device_id))
-        if txn.device_id:
-            card.device_last_seen[txn.device_id] = t
-        card.country_last_seen[txn.merchant_country] = t
+        card.append(t, txn.amount, txn.merchant_id, txn.merchant_country, txn.device_id)
         self._emit(CARD_VIEW, txn.card_id, t, card_snapshot(card, t))
 
         merchant = self.merchants.setdefault(txn.merchant_id, MerchantState())
