@@ -33,6 +33,9 @@ CARD_VIEW = "card_velocity"
 MERCHANT_VIEW = "merchant_risk"
 DEVICE_VIEW = "device_activity"
 
+# The column holding a snapshot's time in the offline store (Feast's timestamp_field).
+SNAPSHOT_TIME_COLUMN = "event_timestamp"
+
 Sink = Callable[[str, str, int, Snapshot], None]
 
 # How long a transaction id is remembered: long enough to place any label that can still

@@ -10,14 +10,15 @@ from pathlib import Path
 
 from feast import FileSource, PushSource
 
-from core.feature_engine import CARD_VIEW, DEVICE_VIEW, MERCHANT_VIEW
+from core.feature_engine import CARD_VIEW, DEVICE_VIEW, MERCHANT_VIEW, SNAPSHOT_TIME_COLUMN
 
-TIMESTAMP_FIELD = "event_timestamp"
+TIMESTAMP_FIELD = SNAPSHOT_TIME_COLUMN
+OFFLINE_FILE = "{view}.parquet"
 
 
 def offline_path(offline_dir: Path, view: str) -> Path:
     """The parquet file holding every snapshot row of one feature view."""
-    return offline_dir / f"{view}.parquet"
+    return offline_dir / OFFLINE_FILE.format(view=view)
 
 
 def build_sources(offline_dir: Path) -> dict[str, PushSource]:

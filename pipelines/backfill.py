@@ -22,11 +22,9 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from core.dataset import read_labels, read_transactions
-from core.feature_engine import CARD_VIEW, DEVICE_VIEW, MERCHANT_VIEW, FeatureEngine
+from core.feature_engine import CARD_VIEW, DEVICE_VIEW, MERCHANT_VIEW, SNAPSHOT_TIME_COLUMN, FeatureEngine
 from core.features import CARD_FEATURES, DEVICE_FEATURES, MERCHANT_FEATURES, MODEL_FEATURES, Txn
 from core.settings import Settings, get_settings
-from feature_repo.data_sources import TIMESTAMP_FIELD, offline_path
-from feature_repo.store import apply_definitions, open_store
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +62,9 @@ class _SnapshotCollector:
 
     def frame(self, view: str) -> pd.DataFrame:
         key, names = VIEW_COLUMNS[view]
-        frame = pd.DataFrame.from_records(self.rows[view], columns=[key, TIMESTAMP_FIELD, *names])
+        frame = pd.DataFrame.from_records(self.rows[view], columns=[key, SNAPSHOT_TIME_COLUMN, *names])
         # Microseconds: DuckDB cannot cast nanosecond tz-aware timestamps when materializing.
-        frame[TIMESTAMP_FIELD] = pd.to_datetime(frame[TIMESTAMP_FIELD], unit="us", utc=True).astype(
+        frame[SNAPSHOT_TIME_COLUMN] = pd.to_datetime(frame[SNAPSHOT_TIME_COLUMN], unit="us", utc=True).astype(
             "datetime64[us, UTC]"
         )
         return frame
@@ -135,6 +133,8 @@ def compute_snapshots(
 
 def write_offline(frames: dict[str, pd.DataFrame], offline_dir: Path) -> None:
     """Replace each view's parquet batch source with its snapshot frame."""
+    from feature_repo.data_sources import offline_path
+
     offline_dir.mkdir(parents=True, exist_ok=True)
     for view, frame in frames.items():
         target = offline_path(offline_dir, view)
@@ -147,6 +147,9 @@ def backfill(
     data_dir: Path, settings: Settings, with_vectors: bool = False, progress: bool = False
 ) -> BackfillResult:
     """Compute features for a dataset into the offline store and materialize them online."""
+    # Feast is imported here, not at the top: it takes seconds, and `fraudctl --help` should not.
+    from feature_repo.store import apply_definitions, open_store
+
     started = time.perf_counter()
     transactions, labels = read_transactions(data_dir), read_labels(data_dir)
     if transactions.empty:
@@ -159,7 +162,7 @@ def backfill(
         store.teardown()  # drop online tables so a re-run leaves exactly this data's state
         store = open_store(settings)
     apply_definitions(store, settings)
-    stamps = [f[TIMESTAMP_FIELD] for f in frames.values() if not f.empty]
+    stamps = [f[SNAPSHOT_TIME_COLUMN] for f in frames.values() if not f.empty]
     start = min(s.min() for s in stamps).to_pydatetime()
     end = max(s.max() for s in stamps).to_pydatetime() + timedelta(seconds=1)
     store.materialize(start_date=start, end_date=end)

@@ -14,7 +14,6 @@ from rich.console import Console
 
 from core.dataset import read_transactions
 from core.settings import get_settings
-from feature_repo.store import open_store, read_online, scoring_service
 from pipelines import simulate
 from pipelines.backfill import backfill
 from pipelines.online_features import cli as show_features
@@ -33,6 +32,7 @@ def cli(
     settings = get_settings()
     console = Console()
     data_dir = settings.demo_data_dir
+    from feature_repo.store import open_store, read_online, scoring_service  # Feast is slow to import
 
     console.rule("[bold]1. simulate transactions, fraud scenarios and delayed chargebacks")
     params = simulate.SimulationParams(

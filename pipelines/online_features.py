@@ -11,7 +11,6 @@ from rich.console import Console
 from rich.table import Table
 
 from core.settings import get_settings
-from feature_repo.store import open_store, read_online
 
 
 def _show(value: Any) -> str:
@@ -38,6 +37,8 @@ def cli(
 
     Example: fraudctl features --card c_000042 --merchant m_00007
     """
+    from feature_repo.store import open_store, read_online  # Feast is slow to import
+
     snapshots = read_online(open_store(get_settings()), card, merchant, device)
     if as_json:
         typer.echo(json.dumps(snapshots, default=str, indent=2))
