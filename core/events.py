@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Literal
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SCHEMA_VERSION = 1
 
@@ -59,10 +59,12 @@ class Transaction(BaseModel):
 
     _utc = field_validator("event_time")(_as_utc)
 
-    @field_validator("customer_id")
-    @classmethod
-    def _customer_defaults_to_card(cls, value: str | None) -> str | None:
-        return value or None
+    @model_validator(mode="after")
+    def _customer_defaults_to_card(self) -> Transaction:
+        # DESIGN.md: customer_id is optional and defaults to the card.
+        if not self.customer_id:
+            self.customer_id = self.card_id
+        return self
 
 
 class Label(BaseModel):
