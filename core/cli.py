@@ -15,7 +15,7 @@ import typer
 
 from core.dataset import DatasetError
 from core.settings import get_settings
-from pipelines import backfill, demo, import_transactions, online_features, simulate
+from pipelines import backfill, broker, demo, import_transactions, online_features, simulate
 
 app = typer.Typer(
     name="fraudctl",
@@ -29,6 +29,7 @@ app.command("simulate")(simulate.cli)
 app.command("import")(import_transactions.cli)
 app.command("backfill")(backfill.cli)
 app.command("features")(online_features.cli)
+app.command("broker")(broker.cli)
 app.command("demo")(demo.cli)
 
 
@@ -70,8 +71,9 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug l
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    # Feast logs every registry refresh at INFO; keep the terminal for our own progress.
-    logging.getLogger("feast").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    # Feast logs every registry refresh and kafka-python every connection at INFO.
+    for chatty in ("feast", "kafka"):
+        logging.getLogger(chatty).setLevel(logging.DEBUG if verbose else logging.WARNING)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
