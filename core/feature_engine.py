@@ -138,7 +138,9 @@ class FeatureEngine:
             return False
         merchant_id, day = placed
         state = self.merchants.get(merchant_id)
-        if state is None:
+        if state is None or day not in state.txn_count_by_day:
+            # The transaction's day has left every window: the label can change nothing,
+            # and recording it would leave a fraud entry no pruning ever reaches.
             self.counts.unmatched_labels += 1
             return False
         frauds = state.fraud_txn_ids_by_day.setdefault(day, set())

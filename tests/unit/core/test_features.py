@@ -764,11 +764,14 @@ SPREAD = st.integers(HOUR, 3 * DAY)
 LONG = st.sampled_from(
     [24 * DAY, 29 * DAY + 12 * HOUR, 30 * DAY - 1, 30 * DAY, 30 * DAY + 1, 30 * DAY + 2, 31 * DAY, 36 * DAY]
 )
+MIDNIGHT = st.sampled_from([-1, -2])  # the gap runs to the next 00:00 UTC (-1) or 00:00 + 1 µs (-2)
 DELAY = st.one_of(
-    st.sampled_from([1, HOUR, DAY, 7 * DAY, 20 * DAY, 28 * DAY, 35 * DAY]), st.integers(1, 40 * DAY)
+    st.sampled_from([1, HOUR, DAY, 7 * DAY, 20 * DAY, 28 * DAY, 35 * DAY]),
+    st.integers(1, 40 * DAY),
+    st.integers(1, 36).map(lambda k: -k),  # reported at exactly 00:00 UTC, k days after the txn's day
 )
 EVENT = st.tuples(
-    st.one_of(BURST, BURST, ALIGNED, SPREAD, SPREAD),
+    st.one_of(BURST, BURST, ALIGNED, SPREAD, SPREAD, MIDNIGHT),
     st.sampled_from(["c1", "c2", "c3"]),
     st.sampled_from(["m1", "m2", "m3"]),
     st.sampled_from(["DE", "FR", "US"]),
@@ -788,7 +791,8 @@ def _unique(t: int, used: set[int]) -> int:
 @st.composite
 def histories(draw: st.DrawFn, max_txns: int = 40) -> tuple[list[Txn], list[Label]]:
     """A few cards, merchants and devices over weeks: bursts, aligned gaps (exact window
-    boundaries, midnights), a couple of > 30-day gaps, delayed and repeated labels, redeliveries.
+    boundaries, midnights), a couple of > 30-day gaps, delayed and repeated labels (some reported
+    at exactly 00:00 UTC), verdict reversals, a label for an unknown id, redelivered transactions.
 
     Amounts are whole multiples of 11 cents, repeats welcome (identical amounts: std 0). On
     that grid a non-zero population std of at most 40 amounts is >= 0.11 * sqrt(39) / 40 ~ 0.017,
@@ -800,7 +804,7 @@ def histories(draw: st.DrawFn, max_txns: int = 40) -> tuple[list[Txn], list[Labe
     n = draw(st.integers(1, max_txns))
     events = draw(st.lists(EVENT, min_size=n, max_size=n))
     same = draw(st.lists(st.booleans(), min_size=n, max_size=n))
-    long_at = draw(st.sets(st.integers(0, n - 1), max_size=2))
+    long_at = set(draw(st.lists(st.integers(1, max(1, n - 1)), min_size=min(1, n - 1), max_size=2)))
     elevens = st.one_of(st.integers(10, 20_000), st.sampled_from([10, 11, 909]))
     cents = [11 * k for k in draw(st.lists(elevens, min_size=n, max_size=n))]
     t = T0 + draw(st.one_of(st.just(0), st.just(1), st.integers(0, DAY - 1)))
@@ -808,7 +812,12 @@ def histories(draw: st.DrawFn, max_txns: int = 40) -> tuple[list[Txn], list[Labe
     used: set[int] = set()
     for i, (gap, card, merchant, country, device, ip, channel) in enumerate(events):
         if i:
-            t += draw(LONG) if i in long_at else gap
+            if i in long_at:
+                t += draw(LONG)
+            elif gap < 0:
+                t = (t // DAY + 1) * DAY + (1 if gap == -2 else 0)
+            else:
+                t += gap
             if same[i]:
                 card, merchant, device = txns[-1].card_id, txns[-1].merchant_id, txns[-1].device_id
         used.add(t)
@@ -818,9 +827,10 @@ def histories(draw: st.DrawFn, max_txns: int = 40) -> tuple[list[Txn], list[Labe
     labels: list[Label] = []
     for i in draw(st.lists(st.integers(0, n - 1), min_size=n // 4, max_size=n)):
         for delay, is_fraud in draw(st.lists(st.tuples(DELAY, st.booleans()), min_size=1, max_size=2)):
-            labels.append(Label(f"t{i}", is_fraud, _unique(txns[i].time_us + delay, used)))
+            at = txns[i].time_us + delay if delay > 0 else (txns[i].time_us // DAY - delay) * DAY
+            labels.append(Label(f"t{i}", is_fraud, _unique(at, used)))
     if draw(st.booleans()):
-        labels.append(Label("no-such-txn", True, _unique(txns[0].time_us + draw(DELAY), used)))
+        labels.append(Label("no-such-txn", True, _unique(txns[0].time_us + DAY, used)))
     return txns, labels
 
 
@@ -851,8 +861,8 @@ def test_changing_the_future_never_changes_a_vector(
     k = data.draw(st.integers(0, len(ordered) - 1), label="cut")
     cut = ordered[k]
     extra = [
-        Txn(f"future-{i}", cut.time_us + gap + 2, card, merchant, country, channel, 1.0 + i, device, ip)
-        for i, (gap, card, merchant, country, device, ip, channel) in enumerate(
+        Txn(f"future-{i}", cut.time_us + max(gap, 0) + 3, card, merchant, country, channel, i + 1.0, dev, ip)
+        for i, (gap, card, merchant, country, dev, ip, channel) in enumerate(
             data.draw(st.lists(EVENT, max_size=5), label="extra")
         )
     ]
