@@ -76,6 +76,7 @@ class BackfillResult:
     labels: int
     snapshot_rows: dict[str, int]
     seconds: float
+    last_event_at: pd.Timestamp  # the store's "now": the latest transaction or label folded in
     vectors: pd.DataFrame | None = None  # per transaction, when asked for
 
 
@@ -171,6 +172,9 @@ def backfill(
         labels=len(labels),
         snapshot_rows={view: len(f) for view, f in frames.items()},
         seconds=time.perf_counter() - started,
+        last_event_at=max(transactions["event_time"].max(), labels["reported_at"].max())
+        if not labels.empty
+        else transactions["event_time"].max(),
         vectors=vectors,
     )
 

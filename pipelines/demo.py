@@ -62,4 +62,10 @@ def cli(
     started = time.perf_counter()
     read_online(store, sample["card_id"], sample["merchant_id"], device, service)
     console.print(f"online read of card + merchant + device: {(time.perf_counter() - started) * 1e3:.1f} ms")
+    last_label = result.last_event_at
+    console.print(
+        f"The online store is as of the latest event it has seen ({last_label:%Y-%m-%d %H:%M} UTC, "
+        "usually the last chargeback, weeks after the last transaction): merchant windows that "
+        "end at that day's midnight can be empty by then."
+    )
     show_features(card=sample["card_id"], merchant=sample["merchant_id"], device=device, as_json=False)

@@ -53,5 +53,11 @@ def cli(
         table.add_column("feature")
         table.add_column("value", justify="right")
         for name, value in snapshot.items():
-            table.add_row(name, _when(value) if name.endswith("_at_us") else _show(value))
+            if name.endswith("_at_us"):
+                shown = _when(value)
+            elif name.endswith("_last_seen_us"):
+                shown = ", ".join(_when(v) for v in value) or "—"
+            else:
+                shown = _show(value)
+            table.add_row(name, shown)
         console.print(table)
