@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.bench_simulate import CARDS, DAYS, MERCHANTS, SEED
+from benchmarks.isolation import run_in_fresh_process
 
 READS = 2_000
 WARMUP_READS = 100
@@ -65,15 +66,7 @@ def _in_child(queue: multiprocessing.Queue) -> None:
 
 def run_benchmark() -> dict[str, Any]:
     """Backfill ~1M transactions and time online reads, in a fresh child process."""
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    child = context.Process(target=_in_child, args=(queue,))
-    child.start()
-    result = queue.get(timeout=3_000)
-    child.join()
-    if child.exitcode != 0:
-        raise RuntimeError(f"benchmark child exited with {child.exitcode}")
-    return dict(result)
+    return run_in_fresh_process(_in_child, timeout_s=3_000)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ import resource
 import time
 from typing import Any
 
+from benchmarks.isolation import run_in_fresh_process
+
 # 30 days x 22,200 cards at ~1.5 purchases a card a day (weekday-adjusted) is ~1,000,000 transactions.
 DAYS = 30
 CARDS = 22_200
@@ -41,15 +43,7 @@ def run_benchmark() -> dict[str, Any]:
         ``simulate_peak_rss_mb`` (child's peak resident memory, imports included) and
         ``simulate_transactions_per_second``.
     """
-    # "spawn" starts a clean interpreter: a forked child would inherit the parent's peak memory.
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    child = context.Process(target=_simulate_in_child, args=(queue,))
-    child.start()
-    result = queue.get(timeout=600)
-    child.join()
-    if child.exitcode != 0:
-        raise RuntimeError(f"simulation child exited with {child.exitcode}")
+    result = run_in_fresh_process(_simulate_in_child, timeout_s=600)
     return {
         "simulate_1m_seconds": round(result["seconds"], 3),
         "simulate_transactions": result["transactions"],
