@@ -191,6 +191,13 @@ class CardState:
                 self.country_counts[country] = left
             else:
                 del self.country_counts[country]
+            # A country (device) is known while its latest event is in the window; that
+            # event is only ever among the ones leaving, so check just those.
+            if self.country_last_seen.get(country, cutoff + 1) <= cutoff:
+                del self.country_last_seen[country]
+        for device in self.devices[:k]:
+            if device and self.device_last_seen.get(device, cutoff + 1) <= cutoff:
+                del self.device_last_seen[device]
         for column in (self.times, self.amounts, self.merchants, self.countries, self.devices):
             del column[:k]
 
@@ -235,8 +242,6 @@ def card_snapshot(state: CardState, anchor: int) -> Snapshot:
     snap["card_home_country"] = min(counts, key=lambda c: (-counts[c], c))
     snap["card_last_txn_at_us"] = anchor
     for kind, seen in (("devices", state.device_last_seen), ("countries", state.country_last_seen)):
-        for key in [k for k, t in seen.items() if t <= anchor - CARD_HISTORY]:
-            del seen[key]
         names = sorted(seen)
         snap[f"card_known_{kind}"] = names
         snap[f"card_known_{kind}_last_seen_us"] = [seen[n] for n in names]
