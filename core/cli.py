@@ -15,7 +15,7 @@ import typer
 
 from core.dataset import DatasetError
 from core.settings import get_settings
-from pipelines import backfill, broker, demo, import_transactions, online_features, simulate
+from pipelines import backfill, broker, demo, import_transactions, online_features, replay, simulate
 
 app = typer.Typer(
     name="fraudctl",
@@ -30,6 +30,7 @@ app.command("import")(import_transactions.cli)
 app.command("backfill")(backfill.cli)
 app.command("features")(online_features.cli)
 app.command("broker")(broker.cli)
+app.command("replay")(replay.cli)
 app.command("demo")(demo.cli)
 
 
