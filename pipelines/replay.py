@@ -214,6 +214,7 @@ def replay(
     Raises:
         ValueError: Bad arguments or an empty dataset (DatasetError if there is none).
         BrokerUnavailable: No broker answered at `settings.kafka_bootstrap`.
+        KafkaError: A send could not even be queued (the broker went away mid-replay).
     """
     if not 0 <= rps < math.inf:
         raise ValueError(f"--rps must be 0 (as fast as possible) or positive, got {rps}")
@@ -270,10 +271,9 @@ def _publish(
             if late < 0:
                 time.sleep(-late)  # ahead of schedule. Behind it: no sleep, catch up.
             max_lag = max(max_lag, late)
-        try:
-            out.send(topic, key=key, value=value).add_errback(errors.append)
-        except KafkaError as error:  # e.g. the send buffer stayed full for max_block_ms
-            errors.append(error)
+        # A send that fails at once (the buffer stayed full for max_block_ms: the broker is
+        # gone) raises, or a dead broker would cost a minute per message.
+        out.send(topic, key=key, value=value).add_errback(errors.append)
         done += topic == events.TRANSACTIONS_TOPIC
         if now - shown > 0.25 and not bar.disable:
             lag, shown = ("" if due_list is None else f"  lag {max(late, 0) * 1000:,.0f} ms"), now
