@@ -25,7 +25,7 @@ def cli(
         int | None, typer.Option(help="Cards to simulate (default: settings.demo_cards).")
     ] = None,
 ) -> None:
-    """Simulate transactions → backfill Feast → show online features of a sample card.
+    """Simulate → backfill Feast → online features of a sample card → replay a day into Kafka.
 
     Example: fraudctl demo --days 14 --cards 2000
     """
@@ -69,3 +69,20 @@ def cli(
         "end at that day's midnight can be empty by then."
     )
     show_features(card=sample["card_id"], merchant=sample["merchant_id"], device=device, as_json=False)
+
+    console.rule("[bold]4. replay the first simulated day into Kafka (embedded Tansu broker)")
+    from pipelines.broker import EmbeddedBroker
+    from pipelines.replay import replay
+
+    first_day = transactions["event_time"].dt.floor("D").iloc[0]
+    day_count = int((transactions["event_time"].dt.floor("D") == first_day).sum())
+    # A free port, so the demo never collides with a `fraudctl broker` already running.
+    with EmbeddedBroker(settings, bootstrap="127.0.0.1:0") as broker:
+        summary = replay(data_dir, broker.settings, rps=0, limit=day_count, progress=True)
+    if summary.failed:
+        raise RuntimeError(f"replay: {summary.failed} sends failed ({summary.first_error})")
+    console.print(
+        f"published {summary.transactions:,} transactions and {summary.labels:,} labels "
+        f"in {summary.seconds:.1f}s ({summary.achieved_rps:,.0f} transactions/s). "
+        "The stream processor that turns them into fresh online features comes next."
+    )
