@@ -180,3 +180,30 @@ def test_cli_runs_in_the_foreground_until_sigterm(tmp_path: Path) -> None:
         if process.poll() is None:
             process.kill()
     assert _port_is_free(port)
+
+
+def test_cached_partitioner_places_keys_like_kafka() -> None:
+    """The cached-hash partitioner must agree with kafka-python's default for every key."""
+    from kafka.cluster import ClusterMetadata
+    from kafka.partitioner.default import DefaultPartitioner
+
+    from pipelines.kafka_clients import CachedHashPartitioner
+
+    class FourPartitions(ClusterMetadata):
+        def topics(self, exclude_internal_topics: bool = True) -> set[str]:
+            return {"t"}
+
+        def partitions_for_topic(self, topic: str) -> set[int]:
+            return {0, 1, 2, 3}
+
+        def available_partitions_for_topic(self, topic: str) -> set[int]:
+            return {0, 1, 2, 3}
+
+    cluster = FourPartitions()
+    cached, default = CachedHashPartitioner(), DefaultPartitioner()
+    for i in range(2_000):
+        key = f"c_{i:06d}".encode()
+        for _ in range(2):  # the second call is served from the cache
+            assert cached.partition("t", None, key, None, None, cluster) == default.partition(
+                "t", None, key, None, None, cluster
+            )
