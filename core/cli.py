@@ -12,6 +12,7 @@ import warnings
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
 from core.dataset import DatasetError
 from core.settings import get_settings
@@ -78,10 +79,26 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug l
     warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
+def _one_line(error: Exception) -> str:
+    if isinstance(error, ValidationError):  # settings or an event: name the field, not a dump
+        first = error.errors()[0]
+        field = ".".join(str(part) for part in first["loc"])
+        prefix = f"FRAUD_{field.upper()}" if error.title == "Settings" else field
+        return f"{prefix}: {first['msg']}"
+    if isinstance(error, DatasetError | ValueError | FileNotFoundError):
+        return str(error)
+    # Anything else (a store or broker that cannot be reached, ...): its type and first line.
+    lines = str(error).strip().splitlines() or [""]
+    return f"{type(error).__name__}: {lines[0]} (run with --verbose for the traceback)"
+
+
 def main() -> None:
-    """Entry point: expected failures exit 1 with a one-line reason, not a traceback."""
+    """Entry point: failures exit 1 with a one-line reason; --verbose shows the traceback."""
+    verbose = any(arg in ("-v", "--verbose") for arg in sys.argv[1:])
     try:
         app()
-    except (DatasetError, ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except Exception as error:
+        if verbose:
+            raise
+        print(f"error: {_one_line(error)}", file=sys.stderr)
         sys.exit(1)

@@ -2,7 +2,8 @@
 
 Pydantic models validate a single event (an API request, a Kafka message); the
 arrow schemas describe the same events as columns (what ``simulate`` and ``import``
-write). Both are derived from the field lists below, so they cannot drift apart.
+write). They sit side by side here, and a test fails if a model field is missing
+from its arrow schema.
 """
 
 from __future__ import annotations

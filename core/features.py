@@ -285,10 +285,16 @@ def device_snapshot(state: DeviceState, anchor: int) -> Snapshot:
 
 # --- snapshots + request → model vector ----------------------------------------------------
 def _fresh(snapshot: Snapshot | None, at_key: str, as_of: int, ttl: int) -> Snapshot | None:
-    """The snapshot if it exists and lies within its TTL (Feast's rule: ts >= as_of - ttl)."""
+    """The snapshot if it exists, is not from after ``as_of`` and lies within its TTL.
+
+    Feast's point-in-time join keeps ``as_of - ttl <= ts <= as_of``; the online store
+    returns whatever it holds, which can be newer than the transaction being scored
+    (replaying old data into a store that has seen later events). A snapshot from the
+    future is treated as absent, so serving never sees what training could not.
+    """
     if not snapshot or snapshot.get(at_key) is None:
         return None
-    return snapshot if snapshot[at_key] >= as_of - ttl else None
+    return snapshot if as_of - ttl <= snapshot[at_key] <= as_of else None
 
 
 def _last_seen(names: Sequence[str] | None, times: Sequence[int] | None, key: str | None) -> int | None:

@@ -6,6 +6,7 @@ stage that touches Feast goes through `open_store`, so none of them builds its o
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from string import Template
@@ -13,13 +14,19 @@ from typing import Any
 
 import yaml
 from feast import FeatureService, FeatureStore, RepoConfig
+from feast.errors import FeatureServiceNotFoundException
 
+from core.dataset import DatasetError
 from core.features import CARD_FEATURES, DEVICE_FEATURES, MERCHANT_FEATURES, Snapshot
 from core.settings import Settings
 from feature_repo.data_sources import build_sources
 from feature_repo.entities import ALL_ENTITIES
 from feature_repo.feature_services import FRAUD_SCORING_SERVICE, build_feature_services
 from feature_repo.feature_views import build_feature_views
+
+# Feast re-enables DeprecationWarnings on import, and ibis (its DuckDB engine) raises one on
+# every query about its own API; nothing here can act on it.
+warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"ibis\..*")
 
 REPO_DIR = Path(__file__).resolve().parent
 YAML_BY_PROFILE = {"embedded": "feature_store.yaml", "compose": "feature_store.compose.yaml"}
@@ -57,7 +64,13 @@ def apply_definitions(store: FeatureStore, settings: Settings) -> None:
 
 
 def scoring_service(store: FeatureStore) -> FeatureService:
-    return store.get_feature_service(FRAUD_SCORING_SERVICE)
+    """The model's feature service; a clear error when nothing has been backfilled yet."""
+    try:
+        return store.get_feature_service(FRAUD_SCORING_SERVICE)
+    except FeatureServiceNotFoundException as missing:
+        raise DatasetError(
+            f"no feature store in project {store.project!r}: run `fraudctl backfill` first"
+        ) from missing
 
 
 def _split(row: dict[str, Any], names: Sequence[str], at_key: str) -> Snapshot | None:

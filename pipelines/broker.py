@@ -173,7 +173,7 @@ def cli() -> None:
     waits. Data lives in memory only. In the compose profile the broker is Apache Kafka,
     run by docker compose: this only checks that it answers and creates the topics.
 
-    Example: fraudctl broker   (in another terminal: fraudctl stream)
+    Example: fraudctl broker   (in another terminal: fraudctl replay --from var/data)
     """
     settings = get_settings()
     out, err = Console(highlight=False, soft_wrap=True), Console(stderr=True, soft_wrap=True)

@@ -45,7 +45,10 @@ def cli(
         return
     console = Console()
     if snapshots["card"] is None:
-        console.print(f"[yellow]the online store holds nothing for card {card}[/] (run `fraudctl backfill`?)")
+        typer.echo(
+            f"error: the online store holds nothing for card {card} (run `fraudctl backfill`?)", err=True
+        )
+        raise typer.Exit(1)
     for entity, snapshot in snapshots.items():
         if snapshot is None:
             continue

@@ -549,6 +549,23 @@ def test_model_vector_treats_snapshots_beyond_their_ttl_as_absent() -> None:
     assert empty["card_has_history"] == 0 and empty["card_seconds_since_prev_txn"] == 2_592_000.0
 
 
+def test_model_vector_treats_snapshots_from_the_future_as_absent() -> None:
+    """An online store that has seen later events must not leak them into an earlier score."""
+    engine = FeatureEngine()
+    engine.add_transaction(txn("a", T, card="c1", merchant="m1", device="d1", amount=10.0))
+    engine.add_transaction(txn("b", T + HOUR, card="c1", merchant="m1", device="d1", amount=500.0))
+    card, device = engine.latest[CARD_VIEW]["c1"], engine.latest[DEVICE_VIEW]["d1"]
+    probe = txn("p", T + MIN, card="c1", device="d1", amount=10.0)  # between a and b
+    got = as_feature_dict(model_vector(probe, card, None, device))
+    nothing = as_feature_dict(model_vector(probe, None, None, None))
+    assert got == nothing  # not card_amount_max_1h = 500 from b, not a negative age
+    # exactly at the snapshot's own time it is the future too (strictly before t)
+    at_b = as_feature_dict(model_vector(replace(probe, time_us=T + HOUR), card, None, device))
+    assert at_b["card_has_history"] == 0
+    after_b = as_feature_dict(model_vector(replace(probe, time_us=T + HOUR + 1), card, None, device))
+    assert after_b["card_has_history"] == 1 and after_b["card_amount_max_1h"] == 500.0
+
+
 def test_zscore_needs_a_cent_of_spread() -> None:
     # 10.00 and 10.01: mean 10.005, population std 0.005 < 1 cent -> z-score 0
     history = [txn("a", T, amount=10.0), txn("b", T + MIN, amount=10.01)]
