@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import shutil
 import sys
-import warnings
 from typing import Annotated
 
 import typer
@@ -76,7 +75,6 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug l
     # Feast logs every registry refresh and kafka-python every connection at INFO.
     for chatty in ("feast", "kafka"):
         logging.getLogger(chatty).setLevel(logging.DEBUG if verbose else logging.WARNING)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
 def _one_line(error: Exception) -> str:

@@ -346,10 +346,9 @@ def model_vector(
     else:
         age = t - card["card_last_txn_at_us"]
         vector += [1.0, min(age / SECOND, NO_PREVIOUS_TXN_SECONDS)]
-        for window, width in CARD_WINDOWS.items():
-            for agg in ("txn_count", "amount_sum", "amount_max"):
-                # Once the anchor is older than the window, nothing in it is that recent.
-                vector.append(float(card[f"card_{agg}_{window}"]) if age < width else 0.0)
+        for width, *keys in _CARD_WINDOW_KEYS:
+            # Once the anchor is older than the window, nothing in it is that recent.
+            vector += [float(card[key]) if age < width else 0.0 for key in keys]
         mean, std = float(card["card_amount_mean_30d"]), float(card["card_amount_std_30d"])
         device_seen = _last_seen(
             card["card_known_devices"], card["card_known_devices_last_seen_us"], txn.device_id

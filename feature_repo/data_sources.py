@@ -12,13 +12,10 @@ from feast import FileSource, PushSource
 
 from core.feature_engine import CARD_VIEW, DEVICE_VIEW, MERCHANT_VIEW, SNAPSHOT_TIME_COLUMN
 
-TIMESTAMP_FIELD = SNAPSHOT_TIME_COLUMN
-OFFLINE_FILE = "{view}.parquet"
-
 
 def offline_path(offline_dir: Path, view: str) -> Path:
     """The parquet file holding every snapshot row of one feature view."""
-    return offline_dir / OFFLINE_FILE.format(view=view)
+    return offline_dir / f"{view}.parquet"
 
 
 def build_sources(offline_dir: Path) -> dict[str, PushSource]:
@@ -33,7 +30,7 @@ def build_sources(offline_dir: Path) -> dict[str, PushSource]:
         batch = FileSource(
             name=f"{view}_source",
             path=str(offline_path(offline_dir, view)),
-            timestamp_field=TIMESTAMP_FIELD,
+            timestamp_field=SNAPSHOT_TIME_COLUMN,
             description=description,
         )
         sources[view] = PushSource(name=f"{view}_push_source", batch_source=batch, description=description)

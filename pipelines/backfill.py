@@ -9,7 +9,6 @@ and the parquet files are replaced, never appended to.
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -25,8 +24,6 @@ from core.dataset import read_labels, read_transactions
 from core.feature_engine import CARD_VIEW, DEVICE_VIEW, MERCHANT_VIEW, SNAPSHOT_TIME_COLUMN, FeatureEngine
 from core.features import CARD_FEATURES, DEVICE_FEATURES, MERCHANT_FEATURES, MODEL_FEATURES, Txn
 from core.settings import Settings, get_settings
-
-log = logging.getLogger(__name__)
 
 VIEW_COLUMNS = {
     CARD_VIEW: ("card_id", CARD_FEATURES),

@@ -5,11 +5,12 @@ its feature views held as of t - 1 µs (strictly before t); `model_vector`, the 
 function the scoring service calls, turns them plus the transaction into the model's
 vector. The label is what was known at the cutoff: a fraud label reported later is not.
 
-A trap handled here: Feast 0.67's file offline store silently drops an entity row that
-has no feature row at or before its timestamp — the first transaction of every card,
-exactly where card-testing fraud lives. So each transaction carries its id through the
-join, the result is left-joined back onto every transaction, and a missing snapshot
-becomes "no history", exactly as an empty online store reads in serving.
+A trap guarded here: Feast 0.67's `file` (dask) offline store silently drops an entity
+row when any view has only later rows for it — the first transaction of every card,
+exactly where card-testing fraud lives. This repo runs Feast's DuckDB engine, which
+keeps them; still, each transaction carries its id through the join and the result is
+left-joined back onto every transaction, so no engine can lose a row, and a missing
+snapshot becomes "no history", exactly as an empty online store reads in serving.
 """
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ def historical_snapshots(
 ) -> pd.DataFrame:
     """Feast point-in-time snapshots for every transaction, one row each, in input order.
 
-    Chunked because the file offline store joins each entity row with every feature row
-    of its entity before filtering by time: memory grows with chunk × history per card.
+    Chunked because the join pairs each entity row with every feature row of its entity
+    before filtering by time: memory grows with chunk × history per card.
     """
     service = scoring_service(store)
     parts = []
