@@ -14,6 +14,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -182,28 +183,15 @@ def test_cli_runs_in_the_foreground_until_sigterm(tmp_path: Path) -> None:
     assert _port_is_free(port)
 
 
-def test_cached_partitioner_places_keys_like_kafka() -> None:
-    """The cached-hash partitioner must agree with kafka-python's default for every key."""
-    from kafka.cluster import ClusterMetadata
-    from kafka.partitioner.default import DefaultPartitioner
+def test_producer_partitions_keys_like_every_kafka_client(broker: EmbeddedBroker) -> None:
+    """Through the real broker: each record lands where Kafka's murmur2 formula puts its key,
+    also on the second send of a key (served from the producer's hash cache)."""
+    from kafka.partitioner.default import murmur2
 
-    from pipelines.kafka_clients import CachedHashPartitioner
-
-    class FourPartitions(ClusterMetadata):
-        def topics(self, exclude_internal_topics: bool = True) -> set[str]:
-            return {"t"}
-
-        def partitions_for_topic(self, topic: str) -> set[int]:
-            return {0, 1, 2, 3}
-
-        def available_partitions_for_topic(self, topic: str) -> set[int]:
-            return {0, 1, 2, 3}
-
-    cluster = FourPartitions()
-    cached, default = CachedHashPartitioner(), DefaultPartitioner()
-    for i in range(2_000):
-        key = f"c_{i:06d}".encode()
-        for _ in range(2):  # the second call is served from the cache
-            assert cached.partition("t", None, key, None, None, cluster) == default.partition(
-                "t", None, key, None, None, cluster
-            )
+    keys = [f"c_{i:06d}" for i in range(300)]
+    with closing(producer(broker.settings)) as client:
+        futures = [(key, client.send(TRANSACTIONS_TOPIC, key=key, value=b"x")) for key in keys * 2]
+        client.flush()
+        for key, future in futures:
+            expected = (murmur2(key.encode()) & 0x7FFFFFFF) % PARTITIONS
+            assert future.get(timeout=10).partition == expected, key
