@@ -253,6 +253,20 @@ def incident_sizes(rng: np.random.Generator, low: int, high: int, target: float)
     return sizes[: int(np.argmin(np.abs(totals - target)))]
 
 
+def victim_incidents(
+    world: World, rng: np.random.Generator, low: int, high: int, target: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Incidents of ``low``-``high`` fraud transactions adding up to ``target``, each on a random card.
+
+    Returns:
+        ``(sizes, victim, card)``: transactions per incident, the card of each incident,
+        and the card of each transaction (``victim`` repeated by ``sizes``).
+    """
+    sizes = incident_sizes(rng, low, high, target)
+    victim = rng.integers(0, world.cards, len(sizes))
+    return sizes, victim, np.repeat(victim, sizes)
+
+
 def _spread(start: np.ndarray, span: np.ndarray, sizes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Times of each incident's transactions, uniform within [start, start + span)."""
     return np.repeat(start, sizes) + (rng.random(sizes.sum()) * np.repeat(span, sizes)).astype(np.int64)
@@ -262,9 +276,8 @@ def card_testing(
     world: World, rng: np.random.Generator, target: float, period_us: int, devices: DeviceIssuer
 ) -> Block:
     """Bursts of 8-40 tiny online attempts at one digital-goods merchant within 2-15 minutes."""
-    sizes = incident_sizes(rng, 8, 40, target)
-    k, n = len(sizes), int(sizes.sum())
-    victim = rng.integers(0, world.cards, k)
+    sizes, victim, card = victim_incidents(world, rng, 8, 40, target)
+    k, n = len(sizes), len(card)
     device = world.device_base[victim].copy()
     new_device = rng.random(k) < 0.7
     device[new_device] = devices.issue(int(new_device.sum()))
@@ -273,7 +286,7 @@ def card_testing(
     time = _spread(start, rng.uniform(2, 15, k) * MINUTE_US, sizes, rng)
     return make_block(
         "card_testing",
-        card=np.repeat(victim, sizes),
+        card=card,
         time=time,
         merchant=np.repeat(world.pickers["digital"].pick(0, rng, k), sizes),
         amount=np.round(rng.uniform(0.5, 5.0, n), 2),
@@ -287,10 +300,8 @@ def account_takeover(
     world: World, rng: np.random.Generator, target: float, period_us: int, devices: DeviceIssuer
 ) -> Block:
     """A new device abroad buys 2-6 electronics or travel items at 3-10x the card's usual, within hours."""
-    sizes = incident_sizes(rng, 2, 6, target)
-    k, n = len(sizes), int(sizes.sum())
-    victim = rng.integers(0, world.cards, k)
-    card = np.repeat(victim, sizes)
+    sizes, victim, card = victim_incidents(world, rng, 2, 6, target)
+    k, n = len(sizes), len(card)
     merchant = world.pickers["takeover"].pick(0, rng, n)
     start = rng.integers(0, period_us - 6 * HOUR_US, k)
     return make_block(
@@ -309,10 +320,8 @@ def compromised_card(
     world: World, rng: np.random.Generator, target: float, period_us: int, devices: DeviceIssuer
 ) -> Block:
     """3-8 purchases at ordinary home merchants over 2-5 days, amounts inflated 3-8x."""
-    sizes = incident_sizes(rng, 3, 8, target)
-    k, n = len(sizes), int(sizes.sum())
-    victim = rng.integers(0, world.cards, k)
-    card = np.repeat(victim, sizes)
+    sizes, victim, card = victim_incidents(world, rng, 3, 8, target)
+    k, n = len(sizes), len(card)
     merchant = world.pickers["home"].pick(world.home[card], rng)
     ecommerce = rng.random(n) < world.merchant_ecommerce[merchant]
     span = np.minimum(rng.uniform(2, 5, k) * DAY_US, period_us - 1)
@@ -396,10 +405,8 @@ def compromised_merchant(
 
 def new_pattern(world: World, rng: np.random.Generator, target: float, first_day: int, days: int) -> Block:
     """The drift's unseen fraud: 1-3 ordinary night purchases in home shops at rarely visited merchants."""
-    sizes = incident_sizes(rng, 1, 3, target)
-    k, n = len(sizes), int(sizes.sum())
-    victim = rng.integers(0, world.cards, k)
-    card = np.repeat(victim, sizes)
+    sizes, victim, card = victim_incidents(world, rng, 1, 3, target)
+    k, n = len(sizes), len(card)
     merchant = world.pickers["tail"].pick(world.home[card], rng)
     start = rng.integers(first_day, days, k) * DAY_US + (rng.random(k) * 4 * HOUR_US).astype(np.int64)
     amount = world.typical_amount(card, merchant) * np.exp(world.sigma[card] * rng.standard_normal(n))
