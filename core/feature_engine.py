@@ -1,12 +1,22 @@
-"""Folds events, in time order, into entity state and emits the snapshots Feast stores.
+"""Folds events into entity state and emits the snapshots Feast stores.
 
-The batch backfill feeds it a whole history; the stream processor feeds it micro-batches.
-Either way each emitted snapshot is ``(view, entity_id, time_us, values)`` and the
-latest snapshot per entity is exactly what the online store holds.
+Three parts, one per entity kind, so that a stream processor can own each by its key:
 
-Order matters and is the caller's contract: events arrive sorted by time, and a
-transaction and a label at the same instant are fed transaction first (a label
-reported at ``t`` is not known to a transaction at ``t``).
+* ``CardFeatures`` sees a card's transactions in order (the `transactions` topic is
+  keyed by card) and remembers recent transaction ids: redeliveries are dropped and a
+  label finds its transaction's merchant there.
+* ``MerchantFeatures`` and ``DeviceFeatures`` see transactions from every card, which
+  in a stream come from several partitions and so can arrive slightly out of time
+  order. Their state is kept sorted and a late event re-emits every snapshot it
+  belongs in, so arrival order changes when a row is written, never what it says.
+
+``FeatureEngine`` runs all three in one process, in time order: the batch backfill and
+the unit tests use it. Each emitted snapshot is ``(view, entity_id, time_us, values)``;
+the latest per entity is what the online store holds.
+
+Order contract for ``FeatureEngine``: events sorted by time, and a transaction and a
+label at the same instant fed transaction first (a label reported at ``t`` is not known
+to a transaction at ``t``).
 """
 
 from __future__ import annotations
@@ -16,6 +26,8 @@ from dataclasses import dataclass, field
 
 from core.features import (
     DAY,
+    DEVICE_WINDOW,
+    LATENESS_ALLOWED,
     MERCHANT_FRAUD_LAG_DAYS,
     MERCHANT_FRAUD_SPAN_DAYS,
     CardState,
@@ -40,7 +52,148 @@ Sink = Callable[[str, str, int, Snapshot], None]
 
 # How long a transaction id is remembered: long enough to place any label that can still
 # change a merchant fraud rate, and to drop redelivered duplicates.
-_TXN_MEMORY_DAYS = MERCHANT_FRAUD_LAG_DAYS + MERCHANT_FRAUD_SPAN_DAYS + 1
+_TXN_MEMORY = (MERCHANT_FRAUD_LAG_DAYS + MERCHANT_FRAUD_SPAN_DAYS + 1) * DAY
+
+
+class OutOfOrderError(ValueError):
+    """A card's transaction older than one already folded in (the stream dead-letters it)."""
+
+
+def _no_sink(view: str, entity_id: str, time_us: int, snapshot: Snapshot) -> None:
+    pass
+
+
+@dataclass
+class CardFeatures:
+    """Cards' state, plus where each recent transaction happened (for dedup and labels)."""
+
+    sink: Sink = _no_sink
+    cards: dict[str, CardState] = field(default_factory=dict)
+    # transaction id -> (merchant_id, time_us), in arrival (= time) order, for _TXN_MEMORY
+    txn_index: dict[str, tuple[str, int]] = field(default_factory=dict)
+    duplicates: int = 0
+
+    def add(self, txn: Txn) -> bool:
+        """Fold a transaction in; False (and no change) if its id was already seen."""
+        if txn.transaction_id in self.txn_index:
+            self.duplicates += 1
+            return False
+        card = self.cards.get(txn.card_id)
+        if card is None:
+            card = self.cards[txn.card_id] = CardState()
+        elif card.times and txn.time_us < card.times[-1]:
+            raise OutOfOrderError(
+                f"event_time is before the card's latest transaction ({card.times[-1]} µs): "
+                "a card's transactions must be published in time order"
+            )
+        t = txn.time_us
+        card.append(t, txn.amount, txn.merchant_id, txn.merchant_country, txn.device_id)
+        self.sink(CARD_VIEW, txn.card_id, t, card_snapshot(card, t))
+        self.txn_index[txn.transaction_id] = (txn.merchant_id, t)
+        self._forget(t - _TXN_MEMORY)
+        return True
+
+    def merchant_of(self, transaction_id: str) -> tuple[str, int] | None:
+        """(merchant_id, time_us) of a remembered transaction."""
+        return self.txn_index.get(transaction_id)
+
+    def _forget(self, cutoff: int) -> None:
+        index = self.txn_index
+        while index:
+            oldest = next(iter(index))  # dicts keep insertion (= time) order
+            if index[oldest][1] > cutoff:
+                break
+            del index[oldest]
+
+
+@dataclass
+class MerchantFeatures:
+    """Merchants' state; emits every merchant's snapshot at each 00:00 UTC the clock passes."""
+
+    sink: Sink = _no_sink
+    merchants: dict[str, MerchantState] = field(default_factory=dict)
+    seen: dict[str, int] = field(default_factory=dict)  # transaction id -> time_us (dedup)
+    day: int | None = None  # the latest day whose 00:00 snapshots were emitted
+    late_beyond_correction: int = 0
+    unmatched_labels: int = 0
+    duplicates: int = 0
+
+    def advance_to(self, time_us: int) -> None:
+        """Emit the 00:00 UTC snapshots of every day that starts at or before ``time_us``."""
+        day = time_us // DAY
+        if self.day is None:
+            # Start one day back: its 00:00 has no merchant state yet, so nothing is emitted,
+            # and any event (even a late one) is then "after the latest emitted midnight".
+            self.day = day - 1
+        while self.day < day:
+            self.day += 1
+            day_start = self.day * DAY
+            for merchant_id in sorted(self.merchants):
+                state = self.merchants[merchant_id]
+                state.forget_before(day_start)
+                self.sink(MERCHANT_VIEW, merchant_id, day_start, merchant_snapshot(state, day_start))
+                if state.is_empty:
+                    del self.merchants[merchant_id]  # nothing left in any window
+            cutoff = day_start - _TXN_MEMORY
+            for txn_id in [i for i, t in self.seen.items() if t <= cutoff]:
+                del self.seen[txn_id]
+
+    def add_transaction(self, transaction_id: str, merchant_id: str, time_us: int) -> bool:
+        if transaction_id in self.seen:
+            self.duplicates += 1
+            return False
+        self.seen[transaction_id] = time_us
+        state = self.merchants.setdefault(merchant_id, MerchantState())
+        state.add_transaction(time_us)
+        self._correct(merchant_id, state, time_us)
+        return True
+
+    def add_label(
+        self, transaction_id: str, merchant_id: str, txn_time_us: int, is_fraud: bool, reported_us: int
+    ) -> bool:
+        state = self.merchants.get(merchant_id)
+        if state is None or not state.add_verdict(txn_time_us // DAY, transaction_id, reported_us, is_fraud):
+            # The transaction's day has left every window: the label can change nothing.
+            self.unmatched_labels += 1
+            return False
+        self._correct(merchant_id, state, reported_us)
+        return True
+
+    def _correct(self, merchant_id: str, state: MerchantState, event_us: int) -> None:
+        """Re-emit the latest snapshot if an event it should have counted arrived after it."""
+        if self.day is None or event_us >= self.day * DAY:
+            return
+        if event_us < self.day * DAY - LATENESS_ALLOWED:
+            self.late_beyond_correction += 1  # older snapshots keep what they said
+        day_start = self.day * DAY
+        self.sink(MERCHANT_VIEW, merchant_id, day_start, merchant_snapshot(state, day_start))
+
+
+@dataclass
+class DeviceFeatures:
+    """Devices' state; a snapshot after each event, re-emitted for later events a late one joins."""
+
+    sink: Sink = _no_sink
+    devices: dict[str, DeviceState] = field(default_factory=dict)
+    late_beyond_correction: int = 0
+    duplicates: int = 0
+
+    def add(self, transaction_id: str, device_id: str, card_id: str, time_us: int) -> bool:
+        state = self.devices.setdefault(device_id, DeviceState())
+        if transaction_id in state.id_set:
+            self.duplicates += 1
+            return False
+        latest = state.times[-1] if state.times else time_us
+        if time_us < latest - LATENESS_ALLOWED:
+            self.late_beyond_correction += 1
+        i = state.add(time_us, card_id, transaction_id)
+        # The new event's own row, then every later row whose 24 h window it falls in.
+        for anchor in state.times[i:]:
+            if anchor >= time_us + DEVICE_WINDOW:
+                break
+            self.sink(DEVICE_VIEW, device_id, anchor, device_snapshot(state, anchor))
+        state.forget_until(max(latest, time_us) - DEVICE_WINDOW - LATENESS_ALLOWED)
+        return True
 
 
 @dataclass
@@ -51,22 +204,16 @@ class EngineCounts:
     unmatched_labels: int = 0
 
 
-@dataclass
 class FeatureEngine:
-    """Entity state for every card, merchant and device, and their latest snapshots."""
+    """All three parts in one process, fed in time order (batch backfill, tests)."""
 
-    sink: Sink | None = None
-    cards: dict[str, CardState] = field(default_factory=dict)
-    merchants: dict[str, MerchantState] = field(default_factory=dict)
-    devices: dict[str, DeviceState] = field(default_factory=dict)
-    latest: dict[str, dict[str, Snapshot]] = field(
-        default_factory=lambda: {CARD_VIEW: {}, MERCHANT_VIEW: {}, DEVICE_VIEW: {}}
-    )
-    counts: EngineCounts = field(default_factory=EngineCounts)
-    # transaction id -> (merchant_id, day), and the ids per day so old days drop cheaply
-    _txn_index: dict[str, tuple[str, int]] = field(default_factory=dict)
-    _txn_ids_by_day: dict[int, list[str]] = field(default_factory=dict)
-    _day: int | None = None  # the last day whose 00:00 merchant snapshots were emitted
+    def __init__(self, sink: Sink | None = None) -> None:
+        self.sink = sink
+        self.latest: dict[str, dict[str, Snapshot]] = {CARD_VIEW: {}, MERCHANT_VIEW: {}, DEVICE_VIEW: {}}
+        self.counts = EngineCounts()
+        self.cards = CardFeatures(sink=self._emit)
+        self.merchants = MerchantFeatures(sink=self._emit)
+        self.devices = DeviceFeatures(sink=self._emit)
 
     def _emit(self, view: str, entity_id: str, time_us: int, snapshot: Snapshot) -> None:
         self.latest[view][entity_id] = snapshot
@@ -74,23 +221,7 @@ class FeatureEngine:
             self.sink(view, entity_id, time_us, snapshot)
 
     def advance_to(self, time_us: int) -> None:
-        """Emit the 00:00 UTC merchant snapshots of every day that starts at or before ``time_us``."""
-        day = time_us // DAY
-        if self._day is None:
-            self._day = day
-            return
-        while self._day < day:
-            self._day += 1
-            day_start = self._day * DAY
-            for merchant_id in sorted(self.merchants):
-                state = self.merchants[merchant_id]
-                snapshot = merchant_snapshot(state, day_start)
-                if not state.txn_times and not state.txn_count_by_day:
-                    del self.merchants[merchant_id]  # nothing left in any window
-                self._emit(MERCHANT_VIEW, merchant_id, day_start, snapshot)
-            for old in [d for d in self._txn_ids_by_day if d < self._day - _TXN_MEMORY_DAYS]:
-                for txn_id in self._txn_ids_by_day.pop(old):
-                    self._txn_index.pop(txn_id, None)
+        self.merchants.advance_to(time_us)
 
     def vector(self, txn: Txn) -> list[float]:
         """The model vector of ``txn`` from the snapshots current strictly before its time."""
@@ -105,48 +236,22 @@ class FeatureEngine:
 
     def add_transaction(self, txn: Txn) -> bool:
         """Fold a transaction in; False (and no change) if its id was already seen."""
-        if txn.transaction_id in self._txn_index:
+        self.advance_to(txn.time_us)
+        if not self.cards.add(txn):
             self.counts.duplicate_transactions += 1
             return False
-        self.advance_to(txn.time_us)
         self.counts.transactions += 1
-        t, day = txn.time_us, txn.time_us // DAY
-        self._txn_index[txn.transaction_id] = (txn.merchant_id, day)
-        self._txn_ids_by_day.setdefault(day, []).append(txn.transaction_id)
-
-        card = self.cards.setdefault(txn.card_id, CardState())
-        card.append(t, txn.amount, txn.merchant_id, txn.merchant_country, txn.device_id)
-        self._emit(CARD_VIEW, txn.card_id, t, card_snapshot(card, t))
-
-        merchant = self.merchants.setdefault(txn.merchant_id, MerchantState())
-        merchant.txn_times.append(t)
-        merchant.txn_count_by_day[day] = merchant.txn_count_by_day.get(day, 0) + 1
-
+        self.merchants.add_transaction(txn.transaction_id, txn.merchant_id, txn.time_us)
         if txn.device_id:
-            device = self.devices.setdefault(txn.device_id, DeviceState())
-            device.events.append((t, txn.card_id))
-            self._emit(DEVICE_VIEW, txn.device_id, t, device_snapshot(device, t))
+            self.devices.add(txn.transaction_id, txn.device_id, txn.card_id, txn.time_us)
         return True
 
     def add_label(self, transaction_id: str, is_fraud: bool, reported_us: int) -> bool:
         """Fold a label in at its report time; False if its transaction is unknown or too old."""
         self.advance_to(reported_us)
         self.counts.labels += 1
-        placed = self._txn_index.get(transaction_id)
-        if placed is None:
+        placed = self.cards.merchant_of(transaction_id)
+        if placed is None or not self.merchants.add_label(transaction_id, *placed, is_fraud, reported_us):
             self.counts.unmatched_labels += 1
             return False
-        merchant_id, day = placed
-        state = self.merchants.get(merchant_id)
-        if state is None or day not in state.txn_count_by_day:
-            # The transaction's day has left every window: the label can change nothing,
-            # and recording it would leave a fraud entry no pruning ever reaches.
-            self.counts.unmatched_labels += 1
-            return False
-        frauds = state.fraud_txn_ids_by_day.setdefault(day, set())
-        # A set, so a redelivered label counts once and a later "not fraud" verdict undoes it.
-        if is_fraud:
-            frauds.add(transaction_id)
-        else:
-            frauds.discard(transaction_id)
         return True

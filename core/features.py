@@ -34,8 +34,7 @@ Timestamps are integer microseconds since the epoch (exact comparisons, no float
 from __future__ import annotations
 
 import math
-from bisect import bisect_right
-from collections import deque
+from bisect import bisect_left, bisect_right, insort
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -63,6 +62,9 @@ AS_OF_OFFSET = 1
 # Below one cent of spread a card has no amount habit to deviate from: z-score 0.
 MIN_AMOUNT_STD = 0.01
 NO_PREVIOUS_TXN_SECONDS = CARD_HISTORY / SECOND  # cap for "never seen" and "long ago"
+# How late a merchant or device event may arrive (across card partitions) and still
+# correct every stored snapshot it belongs in; later ones still count from then on.
+LATENESS_ALLOWED = DAY
 
 # --- what the feature views store, per entity, in order -------------------------------
 CARD_WINDOW_FEATURES = [
@@ -204,14 +206,73 @@ class CardState:
 
 @dataclass
 class MerchantState:
-    txn_times: deque[int] = field(default_factory=deque)  # last 7 days
+    """What a merchant's daily snapshots need; valid whatever order its events arrive in.
+
+    The stream processor's merchant task receives a merchant's transactions from every
+    card partition, so they can arrive slightly out of time order. Each snapshot filters
+    by time ("as known at 00:00 of day D") instead of trusting arrival order.
+    """
+
+    txn_times: list[int] = field(default_factory=list)  # sorted, last 7 days + lateness
     txn_count_by_day: dict[int, int] = field(default_factory=dict)
-    fraud_txn_ids_by_day: dict[int, set[str]] = field(default_factory=dict)
+    # transaction day -> transaction id -> verdicts (reported_us, is_fraud) in arrival order
+    verdicts_by_day: dict[int, dict[str, list[tuple[int, bool]]]] = field(default_factory=dict)
+
+    def add_transaction(self, time_us: int) -> None:
+        if self.txn_times and time_us < self.txn_times[-1]:
+            insort(self.txn_times, time_us)
+        else:
+            self.txn_times.append(time_us)
+        day = time_us // DAY
+        self.txn_count_by_day[day] = self.txn_count_by_day.get(day, 0) + 1
+
+    def add_verdict(self, txn_day: int, transaction_id: str, reported_us: int, is_fraud: bool) -> bool:
+        """Record a label; False if its transaction's day has left every window."""
+        if txn_day not in self.txn_count_by_day:
+            return False
+        self.verdicts_by_day.setdefault(txn_day, {}).setdefault(transaction_id, []).append(
+            (reported_us, is_fraud)
+        )
+        return True
+
+    def forget_before(self, day_start: int) -> None:
+        """Drop what no snapshot at or after ``day_start`` (less the allowed lateness) reads."""
+        keep_from = day_start - 7 * DAY - LATENESS_ALLOWED
+        del self.txn_times[: bisect_left(self.txn_times, keep_from)]
+        first_day = day_start // DAY - MERCHANT_FRAUD_LAG_DAYS - MERCHANT_FRAUD_SPAN_DAYS
+        for old in [d for d in self.txn_count_by_day if d < first_day - 1]:
+            del self.txn_count_by_day[old]
+            self.verdicts_by_day.pop(old, None)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.txn_times and not self.txn_count_by_day
 
 
 @dataclass
 class DeviceState:
-    events: deque[tuple[int, str]] = field(default_factory=deque)  # (time_us, card_id), last 24 h
+    """A device's recent events, sorted by time (they can arrive out of order, as above)."""
+
+    times: list[int] = field(default_factory=list)
+    cards: list[str] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+    id_set: set[str] = field(default_factory=set)  # the ids above, to drop redeliveries
+
+    def add(self, time_us: int, card_id: str, transaction_id: str) -> int:
+        """Insert an event; returns its index (the last one unless it arrived late)."""
+        i = bisect_right(self.times, time_us)
+        for column, value in ((self.times, time_us), (self.cards, card_id), (self.ids, transaction_id)):
+            column.insert(i, value)
+        self.id_set.add(transaction_id)
+        return i
+
+    def forget_until(self, cutoff: int) -> None:
+        """Drop events at or before ``cutoff``."""
+        k = bisect_right(self.times, cutoff)
+        if k:
+            self.id_set.difference_update(self.ids[:k])
+            for column in (self.times, self.cards, self.ids):
+                del column[:k]
 
 
 def card_snapshot(state: CardState, anchor: int) -> Snapshot:
@@ -252,18 +313,19 @@ def merchant_snapshot(state: MerchantState, day_start: int) -> Snapshot:
     """The merchant's stored features as known at 00:00 UTC of the day starting at ``day_start``."""
     day = day_start // DAY
     times = state.txn_times
-    while times and times[0] < day_start - 7 * DAY:
-        times.popleft()
+    before = bisect_left(times, day_start)
     first_day = day - MERCHANT_FRAUD_LAG_DAYS - MERCHANT_FRAUD_SPAN_DAYS
-    for old in [d for d in state.txn_count_by_day if d < first_day]:
-        del state.txn_count_by_day[old]
-        state.fraud_txn_ids_by_day.pop(old, None)
     in_window = range(first_day, day - MERCHANT_FRAUD_LAG_DAYS)
     txns = sum(state.txn_count_by_day.get(d, 0) for d in in_window)
-    frauds = sum(len(state.fraud_txn_ids_by_day.get(d, ())) for d in in_window)
+    frauds = 0
+    for d in in_window:
+        for verdicts in state.verdicts_by_day.get(d, {}).values():
+            # The latest verdict reported before the snapshot wins (a chargeback can be reversed).
+            known = [is_fraud for reported, is_fraud in verdicts if reported < day_start]
+            frauds += bool(known) and known[-1]
     return {
-        "merchant_txn_count_24h": sum(1 for t in times if t >= day_start - DAY),
-        "merchant_txn_count_7d": len(times),
+        "merchant_txn_count_24h": before - bisect_left(times, day_start - DAY),
+        "merchant_txn_count_7d": before - bisect_left(times, day_start - 7 * DAY),
         "merchant_txn_count_28d_lag7d": txns,
         "merchant_fraud_count_28d_lag7d": frauds,
         "merchant_fraud_rate_28d_lag7d": frauds / txns if txns else 0.0,
@@ -273,12 +335,11 @@ def merchant_snapshot(state: MerchantState, day_start: int) -> Snapshot:
 
 def device_snapshot(state: DeviceState, anchor: int) -> Snapshot:
     """The device's stored features after its event at ``anchor`` (inclusive)."""
-    events = state.events
-    while events and events[0][0] <= anchor - DEVICE_WINDOW:
-        events.popleft()
+    start = bisect_right(state.times, anchor - DEVICE_WINDOW)
+    end = bisect_right(state.times, anchor)
     return {
-        "device_txn_count_24h": len(events),
-        "device_distinct_cards_24h": len({card for _, card in events}),
+        "device_txn_count_24h": end - start,
+        "device_distinct_cards_24h": len(set(state.cards[start:end])),
         "device_last_txn_at_us": anchor,
     }
 

@@ -129,16 +129,25 @@ def compute_snapshots(
     return frames, vector_frame
 
 
-def write_offline(frames: dict[str, pd.DataFrame], offline_dir: Path) -> None:
-    """Replace each view's parquet batch source with its snapshot frame."""
-    from feature_repo.data_sources import offline_path
+BACKFILL_FILE = "backfill.parquet"
 
-    offline_dir.mkdir(parents=True, exist_ok=True)
+
+def write_offline(frames: dict[str, pd.DataFrame], offline_dir: Path) -> None:
+    """Replace each view's offline folder with one file of its snapshots.
+
+    Parts a stream processor wrote earlier go too: a backfill is the whole history.
+    """
+    from feature_repo.data_sources import CREATED_COLUMN, offline_dir_of
+
     for view, frame in frames.items():
-        target = offline_path(offline_dir, view)
-        tmp = target.with_suffix(".parquet.tmp")
+        folder = offline_dir_of(offline_dir, view)
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.glob("*.parquet"):
+            old.unlink()
+        frame = frame.assign(**{CREATED_COLUMN: frame[SNAPSHOT_TIME_COLUMN]})
+        tmp = folder / f"{BACKFILL_FILE}.tmp"
         frame.to_parquet(tmp, index=False)
-        tmp.replace(target)
+        tmp.replace(folder / BACKFILL_FILE)
 
 
 def backfill(

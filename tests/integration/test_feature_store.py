@@ -18,7 +18,7 @@ from core.dataset import read_labels, read_transactions
 from core.feature_engine import CARD_VIEW, DEVICE_VIEW, MERCHANT_VIEW
 from core.features import CARD_FEATURES, DEVICE_FEATURES, MERCHANT_FEATURES, MODEL_FEATURES
 from core.settings import Settings
-from feature_repo.data_sources import offline_path
+from feature_repo.data_sources import offline_dir_of
 from feature_repo.feature_services import FRAUD_SCORING_SERVICE
 from feature_repo.store import open_store, read_online
 from pipelines.backfill import backfill, compute_snapshots
@@ -80,7 +80,7 @@ def test_redis_backfill_materializes_latest_snapshots(small_dataset: Path, redis
 def _store_fingerprint(settings: Settings, card_ids: list[str]) -> str:
     digest = hashlib.sha256()
     for view in (CARD_VIEW, MERCHANT_VIEW, DEVICE_VIEW):
-        digest.update(pd.read_parquet(offline_path(settings.offline_dir, view)).to_csv().encode())
+        digest.update(pd.read_parquet(offline_dir_of(settings.offline_dir, view)).to_csv().encode())
     store = open_store(settings)
     for card_id in card_ids:
         digest.update(repr(read_online(store, card_id)).encode())
