@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from core.dataset import DatasetError
 from core.settings import get_settings
-from pipelines import backfill, broker, demo, import_transactions, online_features, replay, simulate
+from pipelines import backfill, broker, demo, import_transactions, online_features, replay, simulate, stream
 
 app = typer.Typer(
     name="fraudctl",
@@ -30,6 +30,7 @@ app.command("import")(import_transactions.cli)
 app.command("backfill")(backfill.cli)
 app.command("features")(online_features.cli)
 app.command("broker")(broker.cli)
+app.command("stream")(stream.cli)
 app.command("replay")(replay.cli)
 app.command("demo")(demo.cli)
 

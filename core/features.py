@@ -261,8 +261,9 @@ class DeviceState:
     def add(self, time_us: int, card_id: str, transaction_id: str) -> int:
         """Insert an event; returns its index (the last one unless it arrived late)."""
         i = bisect_right(self.times, time_us)
-        for column, value in ((self.times, time_us), (self.cards, card_id), (self.ids, transaction_id)):
-            column.insert(i, value)
+        self.times.insert(i, time_us)
+        self.cards.insert(i, card_id)
+        self.ids.insert(i, transaction_id)
         self.id_set.add(transaction_id)
         return i
 

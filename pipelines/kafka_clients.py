@@ -22,6 +22,7 @@ from kafka.serializer import DefaultSerializer
 
 from core.events import DEAD_LETTER_TOPIC, LABELS_TOPIC, PREDICTIONS_TOPIC, TRANSACTIONS_TOPIC
 from core.settings import Settings
+from pipelines.stream_tasks import INTERNAL_TOPICS
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +73,20 @@ def topic_partitions(settings: Settings) -> dict[str, int]:
     arrival order.
     """
     n = settings.transactions_partitions
-    return {TRANSACTIONS_TOPIC: n, LABELS_TOPIC: n, PREDICTIONS_TOPIC: n, DEAD_LETTER_TOPIC: 1}
+    topics = {TRANSACTIONS_TOPIC: n, LABELS_TOPIC: n, PREDICTIONS_TOPIC: n, DEAD_LETTER_TOPIC: 1}
+    # The stream processor's repartition topics (pipelines.stream_tasks). labels-by-card
+    # must match `transactions` (co-partitioned: partition i of both goes to one task).
+    return topics | dict.fromkeys(INTERNAL_TOPICS, n)
 
 
 @lru_cache(maxsize=1 << 17)
 def _key_hash(serialized_key: bytes) -> int:
     return murmur2(serialized_key) & 0x7FFFFFFF
+
+
+def partition_for(key: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives `key` among `partitions`."""
+    return _key_hash(key.encode()) % partitions
 
 
 class CachedHashPartitioner(DefaultPartitioner):
