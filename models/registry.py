@@ -70,7 +70,7 @@ def _version(client: MlflowClient, version: str) -> Any:
     try:
         return client.get_model_version(MODEL_NAME, str(version))
     except MlflowException:
-        known = ", ".join(sorted((v.version for v in _versions(client)), key=int)) or "none"
+        known = ", ".join(sorted((str(v.version) for v in _versions(client)), key=int)) or "none"
         raise RegistryError(
             f"unknown version {version} of {MODEL_NAME} (registered versions: {known})"
         ) from None
