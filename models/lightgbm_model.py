@@ -63,7 +63,8 @@ class LightGBMModel:
         self.classifier.fit(
             x_train.astype(np.float32),
             y_train,
-            eval_set=[(x_valid.astype(np.float32), y_valid)],
+            eval_X=(x_valid.astype(np.float32),),
+            eval_y=(y_valid,),
             callbacks=[lgb.early_stopping(EARLY_STOPPING_ROUNDS, verbose=False)],
         )
         self.best_iteration = int(self.classifier.best_iteration_ or MAX_ROUNDS)
@@ -71,7 +72,8 @@ class LightGBMModel:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Raw (uncalibrated) fraud probability per row, as ``predict_proba`` gives it."""
-        return np.asarray(self.classifier.predict_proba(x.astype(np.float32))[:, 1], dtype=np.float64)
+        probabilities = np.asarray(self.classifier.predict_proba(x.astype(np.float32)))
+        return np.asarray(probabilities[:, 1], dtype=np.float64)
 
     def feature_importance(self) -> np.ndarray:
         """Total gain of each feature's splits."""

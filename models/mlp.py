@@ -29,6 +29,9 @@ MAX_POSITIVE_WEIGHT = 50.0
 class FraudMLP(nn.Module):
     """raw features → sign(x)·log(1+|x|) → standardise → MLP → fraud probability (2 columns)."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, mean: np.ndarray, std: np.ndarray) -> None:
         super().__init__()
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))

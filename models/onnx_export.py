@@ -9,9 +9,10 @@ and serving, so parity is checked on the raw probabilities the graph returns.
 
 from __future__ import annotations
 
-import io
+import tempfile
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -75,20 +76,20 @@ def mlp_to_onnx(module: object, n_features: int) -> bytes:
 
     assert isinstance(module, torch.nn.Module)
     module.eval()
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():  # the TorchScript exporter warns that it is deprecated
+    with tempfile.TemporaryDirectory(prefix="onnx-") as folder, warnings.catch_warnings():
+        target = Path(folder) / "mlp.onnx"  # the TorchScript exporter warns that it is deprecated
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             module,
             (torch.zeros(1, n_features),),
-            buffer,
+            target,
             dynamo=False,
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
             dynamic_axes={INPUT_NAME: {0: "rows"}, OUTPUT_NAME: {0: "rows"}},
             opset_version=MLP_OPSET,
         )
-    return buffer.getvalue()
+        return target.read_bytes()
 
 
 def check_parity(

@@ -40,7 +40,7 @@ def reliability(labels: np.ndarray, scores: np.ndarray) -> Figure:
 
 def score_histograms(labels: np.ndarray, scores: np.ndarray) -> Figure:
     figure, axis = plt.subplots(figsize=(5, 4))
-    bins = np.linspace(0, 1, 41)
+    bins = np.linspace(0, 1, 41).tolist()
     for value, name in ((0, "legitimate"), (1, "fraud")):
         axis.hist(scores[labels == value], bins=bins, alpha=0.6, density=True, label=name)
     axis.set(xlabel="calibrated score", ylabel="density", yscale="log", title="scores by label (test window)")

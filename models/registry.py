@@ -42,6 +42,7 @@ def connect(settings: Settings) -> MlflowClient:
     """An MLflow client on the settings' tracking URI (embedded: SQLite under var/)."""
     # MLflow draws a tqdm bar for every artifact download; fraudctl has its own progress.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # table creation etc. at INFO
     import mlflow
     from mlflow import MlflowClient
 

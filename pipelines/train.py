@@ -154,7 +154,8 @@ def prepare_frames(settings: Settings, request: TrainRequest, progress: bool = F
             )
     if parts["test"]["label"].sum() == 0:
         raise ValueError("no fraud labelled in the test window: nothing to evaluate against")
-    return Frames(windows, *(part.reset_index(drop=True) for part in parts.values()), fingerprint)
+    train, valid, test = (part.reset_index(drop=True) for part in parts.values())
+    return Frames(windows, train, valid, test, fingerprint)
 
 
 def _fit_model(name: str, frames: Frames, seed: int) -> tuple[Any, Any]:
@@ -281,24 +282,35 @@ def train(settings: Settings, request: TrainRequest, console: Console | None = N
     return TrainResult(frames.windows, candidates, versions, seconds)
 
 
+SHORT_NAMES = {
+    "model": "model",
+    "roc_auc": "ROC-AUC",
+    "average_precision": "AP",
+    "recall_at_1pct_fpr": "recall@1%FPR",
+    "card_precision_at_100": "card P@100",
+    "ece": "ECE",
+    "cost": "cost",
+    "savings_vs_approve_all": "saved vs approve-all",
+    "savings_vs_rules": "saved vs rules",
+    "review_share": "review",
+    "decline_share": "decline",
+}
+
+
 def print_table(console: Console, result: TrainResult) -> None:
     """The test-window metrics of every candidate, baselines included."""
     from rich.table import Table
 
     from models.evaluation import metrics_table
 
-    rows = metrics_table(result.metrics)
-    table = Table(
-        title=f"test window {result.windows.test_start:%Y-%m-%d} → {result.windows.test_end:%Y-%m-%d}"
-    )
-    for key in rows[0]:
-        table.add_column(key, justify="left" if key == "model" else "right")
-    for row in rows:
+    w = result.windows
+    table = Table(title=f"test window {w.test_start:%Y-%m-%d} → {w.test_end:%Y-%m-%d} (end exclusive)")
+    for key, short in SHORT_NAMES.items():
+        table.add_column(short, justify="left" if key == "model" else "right")
+    for row in metrics_table(result.metrics):
+        cells = [row[k] for k in SHORT_NAMES]
         table.add_row(
-            *(
-                v if isinstance(v, str) else f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3f}"
-                for v in row.values()
-            )
+            *(v if isinstance(v, str) else f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3f}" for v in cells)
         )
     console.print(table)
 

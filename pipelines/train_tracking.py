@@ -198,6 +198,7 @@ def _log_model_run(
         metadata={k: meta[k] for k in ("model_type", "features", "calibration", "thresholds", "windows")},
         extra_files=[str(folder / name) for name in (METADATA_FILE, MODEL_CARD_FILE, REFERENCE_SAMPLE_FILE)],
         pip_requirements=["onnxruntime"],
+        onnx_execution_providers=["CPUExecutionProvider"],
     )
     version = str(info.registered_model_version)
     client.update_model_version(MODEL_NAME, version, description=files[MODEL_CARD_FILE])
