@@ -12,6 +12,8 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         if math.isnan(value):
             return "–"
+        if value.is_integer() and abs(value) >= 1:  # counts
+            return f"{value:,.0f}"
         return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4f}"
     return str(value)
 
