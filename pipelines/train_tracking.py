@@ -218,9 +218,9 @@ def log_and_register(
     settings: Settings, request: TrainRequest, frames: Frames, candidates: dict[str, Candidate]
 ) -> dict[str, str]:
     """Log the parent and per-model runs; register every model. Returns {model: version}."""
+    client = connect(settings)  # first: it sets MLflow's environment before the import
     import mlflow
 
-    client = connect(settings)
     mlflow.set_experiment(experiment_id=experiment_id(settings))
     comparison = {name: c.metrics for name, c in candidates.items()}
     versions: dict[str, str] = {}
