@@ -32,7 +32,7 @@ bench: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy core pipelines feature_repo
+	$(BIN)/mypy core pipelines feature_repo models
 
 clean:
 	rm -rf var

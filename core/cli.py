@@ -15,7 +15,18 @@ from pydantic import ValidationError
 
 from core.dataset import DatasetError
 from core.settings import get_settings
-from pipelines import backfill, broker, demo, import_transactions, online_features, replay, simulate, stream
+from pipelines import (
+    backfill,
+    broker,
+    demo,
+    import_transactions,
+    online_features,
+    registry_cli,
+    replay,
+    simulate,
+    stream,
+    train,
+)
 
 app = typer.Typer(
     name="fraudctl",
@@ -32,6 +43,10 @@ app.command("features")(online_features.cli)
 app.command("broker")(broker.cli)
 app.command("stream")(stream.cli)
 app.command("replay")(replay.cli)
+app.command("train")(train.cli)
+app.command("models")(registry_cli.models)
+app.command("promote")(registry_cli.promote)
+app.command("rollback")(registry_cli.rollback)
 app.command("demo")(demo.cli)
 
 

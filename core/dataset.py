@@ -11,6 +11,7 @@ end, so a failed run leaves nothing half-written behind.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import tempfile
@@ -99,6 +100,20 @@ def read_manifest(data_dir: Path) -> dict[str, Any]:
             f"{data_dir} has no {MANIFEST}: run `fraudctl simulate` or `fraudctl import` first"
         )
     return dict(json.loads(path.read_text()))
+
+
+def dataset_fingerprint(data_dir: Path) -> str:
+    """A sha256 over the manifest and every parquet file (path and bytes): same data, same print.
+
+    Training logs it with each run, and `backfill` records it, so `train` knows whether
+    the feature store holds this very dataset.
+    """
+    root = Path(data_dir)
+    digest = hashlib.sha256()
+    for path in [root / MANIFEST, *sorted(root.glob("*/date=*/*.parquet"))]:
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def make_timestamps_unique(times: pd.Series) -> pd.Series:

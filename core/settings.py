@@ -57,7 +57,8 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str = ""
 
     # Simulator defaults used by `fraudctl demo`.
-    demo_days: int = 14
+    # 42 days: chargebacks take ~10 days (median), so training needs weeks of labelled history.
+    demo_days: int = 42
     demo_cards: int = 2_000
     demo_merchants: int = 300
     demo_seed: int = 7

@@ -9,6 +9,7 @@ and the parquet files are replaced, never appended to.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -20,7 +21,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from core.dataset import read_labels, read_transactions
+from core.dataset import dataset_fingerprint, read_labels, read_transactions
 from core.feature_engine import CARD_VIEW, DEVICE_VIEW, MERCHANT_VIEW, SNAPSHOT_TIME_COLUMN, FeatureEngine
 from core.features import CARD_FEATURES, DEVICE_FEATURES, MERCHANT_FEATURES, MODEL_FEATURES, Txn
 from core.settings import Settings, get_settings
@@ -30,6 +31,7 @@ VIEW_COLUMNS = {
     MERCHANT_VIEW: ("merchant_id", MERCHANT_FEATURES),
     DEVICE_VIEW: ("device_id", DEVICE_FEATURES),
 }
+BACKFILL_RECORD = "backfill.json"  # under the Feast folder: which dataset the store holds
 
 
 def transactions_as_txns(frame: pd.DataFrame) -> list[Txn]:
@@ -173,6 +175,8 @@ def backfill(
     start = min(s.min() for s in stamps).to_pydatetime()
     end = max(s.max() for s in stamps).to_pydatetime() + timedelta(seconds=1)
     store.materialize(start_date=start, end_date=end)
+    record = {"data_dir": str(Path(data_dir).resolve()), "fingerprint": dataset_fingerprint(data_dir)}
+    (settings.feast_dir / BACKFILL_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return BackfillResult(
         transactions=len(transactions),
         labels=len(labels),
@@ -183,6 +187,12 @@ def backfill(
         else transactions["event_time"].max(),
         vectors=vectors,
     )
+
+
+def backfilled_fingerprint(settings: Settings) -> str | None:
+    """The fingerprint of the dataset the feature store was last backfilled from (None: never)."""
+    path = settings.feast_dir / BACKFILL_RECORD
+    return str(json.loads(path.read_text())["fingerprint"]) if path.exists() else None
 
 
 def cli(

@@ -25,9 +25,9 @@ def cli(
         int | None, typer.Option(help="Cards to simulate (default: settings.demo_cards).")
     ] = None,
 ) -> None:
-    """Simulate → backfill Feast → online features of a sample card → replay a day into Kafka.
+    """Simulate → backfill Feast → online features → replay a day into Kafka → train and register.
 
-    Example: fraudctl demo --days 14 --cards 2000
+    Example: fraudctl demo --days 42 --cards 2000
     """
     settings = get_settings()
     console = Console()
@@ -86,3 +86,8 @@ def cli(
         f"in {summary.seconds:.1f}s ({summary.achieved_rps:,.0f} transactions/s). "
         "The stream processor that turns them into fresh online features comes next."
     )
+
+    console.rule("[bold]5. train LightGBM and the MLP, register them: champion and challenger")
+    from pipelines.train import demo_step
+
+    demo_step(settings, data_dir, console)

@@ -374,7 +374,7 @@ class Drift(StrEnum):
 
 def cli(
     days: Annotated[
-        int | None, typer.Option(help="Days to simulate.", show_default="FRAUD_DEMO_DAYS or 14")
+        int | None, typer.Option(help="Days to simulate.", show_default="FRAUD_DEMO_DAYS or 42")
     ] = None,
     cards: Annotated[
         int | None, typer.Option(help="Number of cards.", show_default="FRAUD_DEMO_CARDS or 2000")

@@ -24,7 +24,20 @@ def fraudctl(*args: str, var_dir: Path) -> subprocess.CompletedProcess[str]:
 def test_help_lists_every_verb(tmp_path: Path) -> None:
     result = fraudctl("--help", var_dir=tmp_path)
     assert result.returncode == 0
-    for verb in ("simulate", "import", "backfill", "features", "broker", "demo", "clean", "bench"):
+    for verb in (
+        "simulate",
+        "import",
+        "backfill",
+        "features",
+        "broker",
+        "train",
+        "models",
+        "promote",
+        "rollback",
+        "demo",
+        "clean",
+        "bench",
+    ):
         assert verb in result.stdout
 
 
@@ -70,3 +83,14 @@ def test_failures_exit_1_with_one_line(tmp_path: Path) -> None:
     assert len(missing.stderr.strip().splitlines()) == 1
     bad = fraudctl("simulate", "--days", "0", "--out", str(tmp_path / "d"), var_dir=tmp_path / "var")
     assert bad.returncode != 0 and "error" in bad.stderr.lower()
+
+
+def test_registry_verbs_fail_with_one_line_on_an_empty_registry(tmp_path: Path) -> None:
+    var = tmp_path / "var"
+    listed = fraudctl("models", var_dir=var)
+    assert listed.returncode == 0 and "no versions" in listed.stdout
+    for args, reason in ((("promote", "7"), "unknown version 7"), (("rollback",), "nothing to roll back")):
+        failed = fraudctl(*args, var_dir=var)
+        assert failed.returncode == 1
+        assert failed.stderr.strip().startswith("error:") and reason in failed.stderr
+        assert len(failed.stderr.strip().splitlines()) == 1

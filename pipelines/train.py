@@ -1,0 +1,401 @@
+"""`fraudctl train`: point-in-time data → LightGBM and MLP → calibrated, cost-aware decisions
+→ ONNX (parity-gated) → MLflow runs and the `fraud-detector` registry.
+
+The steps, in order:
+
+1. Backfill the dataset's features into Feast if the store does not hold this dataset yet.
+2. Split by time (`pipelines.train_windows`) and build the frame through Feast's
+   point-in-time join: training and validation labels as reported by the cutoff, test
+   labels as every label the dataset holds.
+3. Fit the baselines (rules, logistic regression) and the models; calibrate each on the
+   validation window; choose each one's decision thresholds from the cost model there.
+4. Evaluate everything on the test window.
+5. Export the models to ONNX and check parity on every test row; any mismatch stops here.
+6. Log one MLflow run per training (baselines, the table) with a nested run per model
+   (plots, predictions, native + ONNX model) and register the models.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import pandas as pd
+import typer
+from rich.console import Console
+
+from core.dataset import DatasetError, dataset_fingerprint, read_labels, read_transactions
+from core.features import MODEL_FEATURES
+from core.settings import Settings, get_settings
+from models import calibration
+from models.baselines import LogisticBaseline, rules_score
+from models.calibration import Method
+from models.costs import CostModel, Thresholds, choose_thresholds
+from models.evaluation import evaluate
+from models.metrics import average_precision
+from pipelines.train_windows import DEFAULT_GAP_DAYS, Windows, choose_windows
+
+RULES, LOGISTIC = "rules", "logistic_regression"
+LIGHTGBM, MLP = "lightgbm", "mlp"
+
+
+@dataclass
+class TrainRequest:
+    """Everything that determines a training run."""
+
+    data_dir: Path
+    train_start: datetime | None = None
+    train_end: datetime | None = None
+    gap_days: float = DEFAULT_GAP_DAYS
+    test_start: datetime | None = None
+    test_end: datetime | None = None
+    models: tuple[str, ...] = (LIGHTGBM, MLP)
+    seed: int = 7
+    cost: CostModel = field(default_factory=CostModel)
+    calibration: Method = "platt"
+    register: bool = True
+
+
+@dataclass
+class Frames:
+    """The three windows' rows: `KEEP_COLUMNS`, `MODEL_FEATURES`, `label`."""
+
+    windows: Windows
+    train: pd.DataFrame
+    valid: pd.DataFrame
+    test: pd.DataFrame
+    fingerprint: str
+
+    def x(self, part: str) -> np.ndarray:
+        return np.ascontiguousarray(getattr(self, part)[MODEL_FEATURES].to_numpy(dtype=np.float32))
+
+    def y(self, part: str) -> np.ndarray:
+        return np.asarray(getattr(self, part)["label"].to_numpy(dtype=np.int64))
+
+
+@dataclass
+class Candidate:
+    """A fitted, calibrated, thresholded and evaluated scorer (a model or a baseline)."""
+
+    name: str
+    native: Any  # LightGBMModel / MLPModel / LogisticBaseline / None (rules)
+    calibration: dict[str, Any]
+    thresholds: Thresholds
+    raw_test: np.ndarray
+    test_scores: np.ndarray
+    valid_scores: np.ndarray
+    metrics: dict[str, float]
+    breakdowns: dict[str, Any]
+    fit_seconds: float
+    onnx_bytes: bytes | None = None
+    parity_max_diff: float | None = None
+
+
+def ensure_backfilled(settings: Settings, data_dir: Path, progress: bool = False) -> bool:
+    """Backfill ``data_dir`` unless the feature store already holds exactly it. True if it ran."""
+    from pipelines.backfill import backfill, backfilled_fingerprint
+
+    if backfilled_fingerprint(settings) == dataset_fingerprint(data_dir):
+        return False
+    backfill(data_dir, settings, progress=progress)
+    return True
+
+
+def prepare_frames(settings: Settings, request: TrainRequest, progress: bool = False) -> Frames:
+    """Backfill if needed, split by time, and build the point-in-time frames of each window."""
+    from feature_repo.store import open_store
+    from pipelines.training_data import build_training_frame, labels_as_of
+
+    data_dir = Path(request.data_dir)
+    fingerprint = dataset_fingerprint(data_dir) if (data_dir / "manifest.json").exists() else ""
+    transactions, labels = read_transactions(data_dir), read_labels(data_dir)
+    if transactions.empty:
+        raise DatasetError(f"{data_dir} holds no transactions")
+    windows = choose_windows(
+        transactions["event_time"].min(),
+        transactions["event_time"].max(),
+        request.train_start,
+        request.train_end,
+        request.gap_days,
+        request.test_start,
+        request.test_end,
+    )
+    ensure_backfilled(settings, data_dir, progress=progress)
+    times = transactions["event_time"]
+    used = transactions[
+        ((times >= windows.train_start) & (times < windows.train_end))
+        | ((times >= windows.test_start) & (times < windows.test_end))
+    ]
+    frame = build_training_frame(open_store(settings), used, labels, windows.label_cutoff)
+    test_rows = frame["event_time"] >= windows.test_start
+    # The test window is judged by every label the dataset holds, as a backtest can know them.
+    eventual = labels_as_of(labels, labels["reported_at"].max()) if not labels.empty else set()
+    frame.loc[test_rows, "label"] = frame.loc[test_rows, "transaction_id"].isin(eventual).astype("int8")
+    parts = {
+        "train": frame[frame["event_time"] < windows.valid_start],
+        "valid": frame[
+            (frame["event_time"] >= windows.valid_start) & (frame["event_time"] < windows.train_end)
+        ],
+        "test": frame[test_rows],
+    }
+    cutoff = f"{windows.label_cutoff:%Y-%m-%d %H:%M}"
+    for name, part in parts.items():
+        if part.empty:
+            raise ValueError(f"no transactions in the {name} window ({windows.as_dict()})")
+        if name != "test" and part["label"].sum() == 0:
+            raise ValueError(
+                f"no fraud known in the {name} window by the label cutoff {cutoff}: "
+                "widen the training window or the gap (--gap-days), or use more data"
+            )
+    if parts["test"]["label"].sum() == 0:
+        raise ValueError("no fraud labelled in the test window: nothing to evaluate against")
+    train, valid, test = (part.reset_index(drop=True) for part in parts.values())
+    return Frames(windows, train, valid, test, fingerprint)
+
+
+def _fit_model(name: str, frames: Frames, seed: int) -> tuple[Any, Any]:
+    """Fit one model; returns (native model, raw predict function on float32 arrays)."""
+    if name == LIGHTGBM:
+        from models.lightgbm_model import LightGBMModel
+
+        lgbm = LightGBMModel(seed=seed)
+        lgbm.fit(frames.x("train"), frames.y("train"), frames.x("valid"), frames.y("valid"))
+        return lgbm, lgbm.predict
+    if name == MLP:
+        from models.mlp import MLPModel
+
+        mlp = MLPModel(seed=seed)
+        mlp.fit(frames.x("train"), frames.y("train"), frames.x("valid"), frames.y("valid"))
+        return mlp, mlp.predict
+    if name == LOGISTIC:
+        logistic = LogisticBaseline(seed=seed).fit(frames.train, frames.y("train"))
+        return logistic, lambda x: logistic.predict(pd.DataFrame(x, columns=MODEL_FEATURES))
+    if name == RULES:
+        return None, lambda x: rules_score(pd.DataFrame(x, columns=MODEL_FEATURES))
+    raise ValueError(f"unknown model {name!r}; choose lightgbm, mlp or all")
+
+
+def fit_candidate(name: str, frames: Frames, request: TrainRequest, rules_cost: float | None) -> Candidate:
+    """Fit, calibrate on validation, choose thresholds on validation, evaluate on test."""
+    started = time.perf_counter()
+    native, predict = _fit_model(name, frames, request.seed)
+    fit_seconds = time.perf_counter() - started
+    raw_valid, raw_test = predict(frames.x("valid")), predict(frames.x("test"))
+    fitted = calibration.fit(raw_valid, frames.y("valid"), request.calibration)
+    valid_scores = calibration.apply(fitted, raw_valid)
+    test_scores = calibration.apply(fitted, raw_test)
+    thresholds = choose_thresholds(
+        valid_scores, frames.y("valid"), frames.valid["amount"].to_numpy(), request.cost
+    )
+    metrics, breakdowns = evaluate(frames.test, test_scores, thresholds, request.cost, rules_cost)
+    metrics["valid_average_precision"] = average_precision(frames.y("valid"), valid_scores)
+    return Candidate(
+        name,
+        native,
+        fitted,
+        thresholds,
+        raw_test,
+        test_scores,
+        valid_scores,
+        metrics,
+        breakdowns,
+        fit_seconds,
+    )
+
+
+def export_and_check(candidate: Candidate, frames: Frames) -> None:
+    """ONNX export and the parity gate on every test row (raises `ParityError`)."""
+    from models.onnx_export import check_parity, lightgbm_to_onnx, mlp_to_onnx
+
+    n = len(MODEL_FEATURES)
+    if candidate.name == LIGHTGBM:
+        candidate.onnx_bytes = lightgbm_to_onnx(candidate.native.classifier, n)
+    else:
+        candidate.onnx_bytes = mlp_to_onnx(candidate.native.module, n)
+    candidate.parity_max_diff = check_parity(candidate.onnx_bytes, candidate.native.predict, frames.x("test"))
+
+
+@dataclass
+class TrainResult:
+    windows: Windows
+    candidates: dict[str, Candidate]
+    versions: dict[str, str]  # model name → registered version
+    seconds: dict[str, float]  # per step, for the benchmark's breakdown
+
+    @property
+    def metrics(self) -> dict[str, dict[str, float]]:
+        return {name: c.metrics for name, c in self.candidates.items()}
+
+
+def train(settings: Settings, request: TrainRequest, console: Console | None = None) -> TrainResult:
+    """Run the whole stage (see the module docstring); raises with a one-line reason on bad input."""
+    request.cost.validate()
+    unknown = set(request.models) - {LIGHTGBM, MLP}
+    if unknown or not request.models:
+        raise ValueError(f"unknown model(s) {sorted(unknown)}; choose lightgbm, mlp or all")
+    console = console or Console(quiet=True)
+    seconds: dict[str, float] = {}
+
+    def step(name: str, message: str) -> Any:
+        seconds[name] = time.perf_counter()
+        return console.status(message)
+
+    def done(name: str, message: str) -> None:
+        seconds[name] = time.perf_counter() - seconds[name]
+        console.print(f"[green]✓[/] {message} ({seconds[name]:.1f}s)")
+
+    with step("frames", "point-in-time training frame from Feast (backfilling first if needed)…"):
+        frames = prepare_frames(settings, request, progress=console.is_terminal)
+    done(
+        "frames",
+        f"frames: train {len(frames.train):,} ({frames.train['label'].sum():,} fraud known), "
+        f"validation {len(frames.valid):,} ({frames.valid['label'].sum():,}), "
+        f"test {len(frames.test):,} ({frames.test['label'].sum():,})",
+    )
+    candidates: dict[str, Candidate] = {}
+    for name in (RULES, LOGISTIC, *request.models):
+        with step(f"fit_{name}", f"fitting {name}…"):
+            rules_cost = candidates[RULES].metrics["cost"] if RULES in candidates else None
+            candidates[name] = fit_candidate(name, frames, request, rules_cost)
+        m = candidates[name].metrics
+        done(f"fit_{name}", f"{name}: test AP {m['average_precision']:.3f}, ROC-AUC {m['roc_auc']:.3f}")
+    for name in request.models:
+        with step(f"onnx_{name}", f"ONNX export and parity gate for {name}…"):
+            export_and_check(candidates[name], frames)
+        done(
+            f"onnx_{name}",
+            f"{name}: ONNX parity on {len(frames.test):,} rows, max diff "
+            f"{candidates[name].parity_max_diff:.2g}",
+        )
+    versions: dict[str, str] = {}
+    if request.register:
+        from pipelines.train_tracking import log_and_register
+
+        with step("mlflow", "logging runs and registering versions in MLflow…"):
+            versions = log_and_register(settings, request, frames, candidates)
+        done("mlflow", "registered " + ", ".join(f"{n} as version {v}" for n, v in versions.items()))
+    return TrainResult(frames.windows, candidates, versions, seconds)
+
+
+SHORT_NAMES = {
+    "model": "model",
+    "roc_auc": "ROC-AUC",
+    "average_precision": "AP",
+    "recall_at_1pct_fpr": "recall@1%FPR",
+    "card_precision_at_100": "card P@100",
+    "ece": "ECE",
+    "cost": "cost",
+    "savings_vs_approve_all": "saved vs approve-all",
+    "savings_vs_rules": "saved vs rules",
+    "review_share": "review",
+    "decline_share": "decline",
+}
+
+
+def print_table(console: Console, result: TrainResult) -> None:
+    """The test-window metrics of every candidate, baselines included."""
+    from rich.table import Table
+
+    from models.evaluation import metrics_table
+
+    w = result.windows
+    table = Table(title=f"test window {w.test_start:%Y-%m-%d} → {w.test_end:%Y-%m-%d} (end exclusive)")
+    for key, short in SHORT_NAMES.items():
+        table.add_column(short, justify="left" if key == "model" else "right")
+    for row in metrics_table(result.metrics):
+        cells = [row[k] for k in SHORT_NAMES]
+        table.add_row(
+            *(v if isinstance(v, str) else f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3f}" for v in cells)
+        )
+    console.print(table)
+
+
+class ModelChoice(StrEnum):
+    lightgbm = LIGHTGBM
+    mlp = MLP
+    all = "all"
+
+
+DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]
+
+
+def cli(
+    data: Annotated[Path | None, typer.Option("--data", help="Dataset folder (simulate/import).")] = None,
+    train_start: Annotated[
+        datetime | None,
+        typer.Option(formats=DATE_FORMATS, help="Training starts (UTC).", show_default="data start"),
+    ] = None,
+    train_end: Annotated[
+        datetime | None,
+        typer.Option(
+            formats=DATE_FORMATS, help="Training ends (exclusive).", show_default="test start - gap"
+        ),
+    ] = None,
+    gap_days: Annotated[
+        float, typer.Option(help="Label delay between training and test, days.")
+    ] = DEFAULT_GAP_DAYS,
+    test_start: Annotated[
+        datetime | None,
+        typer.Option(formats=DATE_FORMATS, help="Test starts.", show_default="last 20% of days"),
+    ] = None,
+    test_end: Annotated[
+        datetime | None,
+        typer.Option(formats=DATE_FORMATS, help="Test ends (exclusive).", show_default="data end"),
+    ] = None,
+    model: Annotated[ModelChoice, typer.Option(help="Which model(s) to train.")] = ModelChoice.all,
+    seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 7,
+    review_cost: Annotated[float, typer.Option(help="Cost of one manual review.")] = CostModel.review_cost,
+    false_decline_share: Annotated[
+        float, typer.Option(help="Cost of declining a legitimate purchase, as a share of its amount.")
+    ] = CostModel.false_decline_share,
+    review_cap: Annotated[
+        float, typer.Option(help="Largest share of traffic the review band may hold.")
+    ] = CostModel.review_cap,
+    calibration_method: Annotated[
+        str, typer.Option("--calibration", help="platt or isotonic, fitted on the validation window.")
+    ] = "platt",
+    register: Annotated[bool, typer.Option(help="Log to MLflow and register the models.")] = True,
+) -> None:
+    """Train LightGBM and/or the MLP point-in-time, calibrate, pick cost-based thresholds, register.
+
+    Example: fraudctl train --data var/data --gap-days 3 --model all --seed 7
+    """
+    settings = get_settings()
+    if calibration_method not in ("platt", "isotonic"):
+        raise ValueError(f"--calibration must be platt or isotonic, got {calibration_method!r}")
+    request = TrainRequest(
+        data_dir=data or settings.demo_data_dir,
+        train_start=train_start,
+        train_end=train_end,
+        gap_days=gap_days,
+        test_start=test_start,
+        test_end=test_end,
+        models=(LIGHTGBM, MLP) if model == ModelChoice.all else (model.value,),
+        seed=seed,
+        cost=CostModel(review_cost, false_decline_share, review_cap),
+        calibration="isotonic" if calibration_method == "isotonic" else "platt",
+        register=register,
+    )
+    console = Console()
+    result = train(settings, request, console)
+    print_table(console, result)
+
+
+def demo_step(settings: Settings, data_dir: Path, console: Console) -> TrainResult:
+    """The demo's training step: both models, registered; LightGBM champion, MLP challenger."""
+    from models.registry import CHALLENGER, CHAMPION, promote
+
+    result = train(settings, TrainRequest(data_dir=data_dir), console)
+    print_table(console, result)
+    promote(settings, result.versions[LIGHTGBM], CHAMPION, reason="demo: first champion", by="fraudctl demo")
+    promote(settings, result.versions[MLP], CHALLENGER, reason="demo: challenger", by="fraudctl demo")
+    console.print(
+        f"fraud-detector version {result.versions[LIGHTGBM]} (LightGBM) is [bold]champion[/], "
+        f"version {result.versions[MLP]} (MLP) is [bold]challenger[/]"
+    )
+    return result
