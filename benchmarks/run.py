@@ -18,13 +18,14 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks import bench_feature_store, bench_simulate, bench_train
+from benchmarks import bench_feature_store, bench_simulate, bench_stream, bench_train
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 BENCHMARKS: dict[str, tuple[Callable[[], dict[str, Any]], str]] = {
     "simulate": (bench_simulate.run_benchmark, "python -m benchmarks.bench_simulate"),
     "feature_store": (bench_feature_store.run_benchmark, "python -m benchmarks.bench_feature_store"),
+    "stream": (bench_stream.run_benchmark, "python -m benchmarks.bench_stream"),
     "train": (bench_train.run_benchmark, "python -m benchmarks.bench_train"),
 }
 

@@ -21,6 +21,7 @@ retain (35 days cover every window); the README discusses the trade-off.
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
@@ -130,6 +131,29 @@ class StreamSummary:
         default_factory=lambda: {CARD_VIEW: [], DEVICE_VIEW: []}
     )
     seconds: float = 0.0
+    first_consumed_at: float | None = None  # wall clock (epoch s) of the first record
+    last_written_at: float | None = None  # ... and of the last online write
+
+    def as_dict(self) -> dict[str, Any]:
+        """Totals and freshness percentiles, for `--json` and the benchmark."""
+        record: dict[str, Any] = {
+            "consumed": self.consumed,
+            "dead_lettered": self.dead_lettered,
+            "labels_routed": self.labels_routed,
+            **vars(self.tasks),
+            "labels_pending": self.labels_pending,
+            "rows_online": self.rows_online,
+            "rows_offline": self.rows_offline,
+            "seconds": round(self.seconds, 3),
+            "first_consumed_at": self.first_consumed_at,
+            "last_written_at": self.last_written_at,
+            "balanced": self.balanced(),
+        }
+        for view, samples in self.freshness_seconds.items():
+            for name, q in (("p50", 0.5), ("p99", 0.99), ("max", 1.0)):
+                value = percentile(samples, q)
+                record[f"freshness_{view}_{name}_seconds"] = None if value is None else round(value, 4)
+        return record
 
     def balanced(self) -> bool:
         """Nothing dropped silently: every transaction and label consumed has an outcome."""
@@ -226,6 +250,9 @@ class StreamProcessor:
                 task = self.card_tasks[p]
                 if task.on_transaction(parse_transaction(record.value), record.timestamp):
                     self._card_published_ms.append(record.timestamp)
+                    self.metrics.outcomes.labels(topic, "applied").inc()
+                else:
+                    self.metrics.outcomes.labels(topic, "duplicate").inc()
             except ValueError as error:  # schema violations and out-of-order events
                 self._dead_letter(record, error)
         elif topic == LABELS_TOPIC:
@@ -239,6 +266,7 @@ class StreamProcessor:
                     LABELS_BY_CARD_TOPIC, key=label.card_id, value=record.value, partition=partition
                 )
                 self.summary.labels_routed += 1
+                self.metrics.outcomes.labels(topic, "routed").inc()
         elif topic == LABELS_BY_CARD_TOPIC:
             self.card_tasks[p].on_label(parse_label(record.value))
         elif topic == MERCHANT_EVENTS_TOPIC:
@@ -279,6 +307,8 @@ class StreamProcessor:
                     self.positions[tp] = records[-1].offset + 1
                 if polled:
                     last_record = now
+                    if self.summary.first_consumed_at is None:
+                        self.summary.first_consumed_at = time.time()
                 self._end_batch()
                 if now - last_commit >= self.commit_interval_s:
                     self._commit()
@@ -319,6 +349,8 @@ class StreamProcessor:
             device_task.published_ms.clear()
         for view, n in written.items():
             self.metrics.rows_written.labels(view, "online").inc(n)
+        if written:
+            self.summary.last_written_at = time.time()
         _add(self.summary.rows_online, written)
 
     def _commit(self) -> None:
@@ -502,6 +534,7 @@ def cli(
     group: Annotated[
         str, typer.Option(help="Consumer group; run several processors to share partitions.")
     ] = GROUP_ID,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")] = False,
 ) -> None:
     """Keep the online store fresh: consume transactions and labels, update features, write them to Feast.
 
@@ -515,9 +548,12 @@ def cli(
     processor = StreamProcessor(settings, group, max_records=max_records, commit_interval_s=commit_interval)
     if metrics_port >= 0:
         server, _ = start_http_server(metrics_port, registry=processor.metrics.registry)
-        console.print(f"metrics on http://127.0.0.1:{server.server_port}/metrics")
+        Console(stderr=True).print(f"metrics on http://127.0.0.1:{server.server_port}/metrics")
     summary = processor.run(idle_exit_s=idle_exit)
-    console.print(summary_table(summary))
+    if as_json:
+        print(json.dumps(summary.as_dict()))  # noqa: T201
+    else:
+        console.print(summary_table(summary))
 
 
 def summary_table(summary: StreamSummary) -> Table:
