@@ -297,6 +297,10 @@ class StreamProcessor:
                     rebalance.revoked = []
                 if rebalance.assigned:
                     self.on_assigned(rebalance.assigned)
+                    # on_assigned moved them back to their committed offsets: what this poll
+                    # fetched for them may start beyond that, and is fetched again.
+                    moved = set(rebalance.assigned)
+                    polled = {tp: records for tp, records in polled.items() if tp not in moved}
                     rebalance.assigned = []
                 now = time.monotonic()
                 for tp, records in polled.items():
@@ -403,6 +407,10 @@ class StreamProcessor:
         committed = {}
         for tp in assigned:
             committed[tp] = self.consumer.committed(tp) or 0
+            # A partition kept across a rebalance keeps its fetch position (kafka-python
+            # preserves it), but its task was dropped and is rebuilt to the committed offset
+            # only: consume from there, or the records in between are lost to the task.
+            self.consumer.seek(tp, committed[tp])
             self.start_offsets[(tp.topic, tp.partition)] = committed[tp]
             self.writer.drop_uncommitted_parts(tp.topic, tp.partition, committed[tp])
             self._new_task(tp.topic, tp.partition, _null_sink)
