@@ -32,7 +32,7 @@ bench: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy core pipelines feature_repo models
+	$(BIN)/mypy core pipelines feature_repo models services monitoring
 
 clean:
 	rm -rf var

@@ -27,6 +27,7 @@ from pipelines import (
     stream,
     train,
 )
+from services import serve
 
 app = typer.Typer(
     name="fraudctl",
@@ -47,6 +48,7 @@ app.command("train")(train.cli)
 app.command("models")(registry_cli.models)
 app.command("promote")(registry_cli.promote)
 app.command("rollback")(registry_cli.rollback)
+app.command("serve")(serve.cli)
 app.command("demo")(demo.cli)
 
 

@@ -38,7 +38,10 @@ from bisect import bisect_left, bisect_right, insort
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from core.events import Transaction
 
 SECOND = 1_000_000
 MINUTE = 60 * SECOND
@@ -155,6 +158,21 @@ class Txn:
     amount: float
     device_id: str | None = None
     ip_country: str | None = None
+
+    @classmethod
+    def of(cls, t: Transaction) -> Txn:
+        """The fields of a validated event (a Kafka record, an API request)."""
+        return cls(
+            t.transaction_id,
+            to_us(t.event_time),
+            t.card_id,
+            t.merchant_id,
+            t.merchant_country,
+            t.channel,
+            t.amount,
+            t.device_id,
+            t.ip_country,
+        )
 
 
 # --- state per entity -------------------------------------------------------------------

@@ -56,6 +56,28 @@ class Settings(BaseSettings):
     # MLflow (issue: training)
     mlflow_tracking_uri: str = ""
 
+    # Scoring service (issue: scoring service). Canary share and kill switch are the values a
+    # process starts with; `/admin/canary` and `/admin/kill-switch` change them while it runs.
+    serve_host: str = "127.0.0.1"
+    serve_port: int = 8000
+    admin_token: str = Field(default="dev-admin-token", min_length=8, description="Bearer token of /admin/*.")
+    canary_percent: float = Field(default=0.0, ge=0, le=100)
+    kill_switch: bool = False
+    feature_timeout_ms: float = Field(default=5.0, gt=0, description="Time budget of one online lookup.")
+    breaker_failures: int = Field(
+        default=5, ge=1, description="Failed lookups in a row that open the breaker."
+    )
+    breaker_reset_seconds: float = Field(default=2.0, gt=0, description="Open breaker: wait before a probe.")
+    registry_poll_seconds: float = Field(default=10.0, ge=0, description="Alias polling; 0 turns it off.")
+    max_body_bytes: int = 16 * 1024
+    prediction_log: bool = True
+    spool_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024, description="Disk cap of the spool.")
+    # Rules that decide on their own, whatever the model says.
+    amount_hard_limit: float = Field(default=10_000.0, gt=0)
+    blocked_cards: list[str] = Field(default_factory=list)  # env: FRAUD_BLOCKED_CARDS='["c_1"]'
+    blocked_devices: list[str] = Field(default_factory=list)
+    impossible_travel_seconds: int = Field(default=3600, ge=0)
+
     # Simulator defaults used by `fraudctl demo`.
     # 42 days: chargebacks take ~10 days (median), so training needs weeks of labelled history.
     demo_days: int = 42
@@ -84,6 +106,11 @@ class Settings(BaseSettings):
     def offline_dir(self) -> Path:
         """Parquet files of the Feast offline store (one per feature view)."""
         return self.feast_dir / "offline"
+
+    @property
+    def spool_dir(self) -> Path:
+        """Predictions waiting for the broker (the scoring service's prediction log)."""
+        return self.var_dir / "spool" / "predictions"
 
     @property
     def feature_repo_dir(self) -> Path:

@@ -17,6 +17,7 @@ from feast import FeatureService, FeatureStore, RepoConfig
 from feast.errors import FeatureServiceNotFoundException
 
 from core.dataset import DatasetError
+from core.feature_engine import CARD_VIEW, DEVICE_VIEW, MERCHANT_VIEW
 from core.features import CARD_FEATURES, DEVICE_FEATURES, MERCHANT_FEATURES, Snapshot
 from core.settings import Settings
 from feature_repo.data_sources import build_sources
@@ -99,3 +100,59 @@ def read_online(
         "merchant": _split(row, MERCHANT_FEATURES, "merchant_snapshot_at_us") if merchant_id else None,
         "device": _split(row, DEVICE_FEATURES, "device_last_txn_at_us") if device_id else None,
     }
+
+
+class OnlineReader:
+    """The scoring service's online read: one provider read per feature view, no planning.
+
+    ``get_online_features`` (``read_online`` above) plans the feature service, validates
+    and converts through arrow on every call: ~1 ms of Python per request. The service
+    reads the same three views of the same service through the same Feast provider
+    (``online_read``), which is the part of that call that touches the store. A test holds
+    the two to equal results.
+    """
+
+    def __init__(self, store: FeatureStore) -> None:
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+        from feast.protos.feast.types.Value_pb2 import Value
+        from feast.type_map import feast_value_type_to_python_type
+
+        self._entity_key, self._value = EntityKey, Value
+        self._to_python = feast_value_type_to_python_type
+        self.store = store
+        self.config = store.config
+        self.provider = store._get_provider()
+        service = scoring_service(store)
+        views = {view.name: store.get_feature_view(view.name) for view in service.feature_view_projections}
+        self._views = [
+            (entity, views[view_name], key, names, at_key)
+            for entity, view_name, key, names, at_key in _VIEWS_OF_THE_SERVICE
+        ]
+
+    def read(
+        self, card_id: str, merchant_id: str | None = None, device_id: str | None = None
+    ) -> dict[str, Snapshot | None]:
+        """The card, merchant and device snapshots the online store holds now (None when absent)."""
+        ids = {"card": card_id, "merchant": merchant_id, "device": device_id}
+        found: dict[str, Snapshot | None] = {}
+        for entity, view, key, names, at_key in self._views:
+            entity_id = ids[entity]
+            if not entity_id:
+                found[entity] = None
+                continue
+            entity_key = self._entity_key(join_keys=[key], entity_values=[self._value(string_val=entity_id)])
+            _, values = self.provider.online_read(self.config, view, [entity_key], list(names))[0]
+            if not values:
+                found[entity] = None
+                continue
+            row = {name: self._to_python(values[name]) if name in values else None for name in names}
+            found[entity] = _split(row, names, at_key)
+        return found
+
+
+# entity, feature view, join key, features, the timestamp feature that says a row exists
+_VIEWS_OF_THE_SERVICE = [
+    ("card", CARD_VIEW, "card_id", CARD_FEATURES, "card_last_txn_at_us"),
+    ("merchant", MERCHANT_VIEW, "merchant_id", MERCHANT_FEATURES, "merchant_snapshot_at_us"),
+    ("device", DEVICE_VIEW, "device_id", DEVICE_FEATURES, "device_last_txn_at_us"),
+]

@@ -8,6 +8,7 @@ like the models' scores, so the comparison is of the scores alone.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,11 +29,14 @@ RULES: list[tuple[str, int]] = [
 MAX_POINTS = sum(points for _, points in RULES)
 
 
-def rule_hits(features: pd.DataFrame) -> pd.DataFrame:
-    """One boolean column per rule (the rule text as name), one row per transaction."""
-    f = features
+def rule_flags(f: Any) -> list[Any]:
+    """Each rule's verdict, in ``RULES`` order, on model features.
+
+    ``f`` maps feature names to columns (a DataFrame: one verdict per row) or to floats
+    (one transaction in the scoring service): the same expressions serve both.
+    """
     online = f["channel_is_ecommerce"] > 0
-    hits = [
+    return [
         f["card_amount_zscore_30d"] > 3,
         online & (f["has_device"] > 0) & (f["card_device_is_new_30d"] > 0),
         f["merchant_is_foreign"] > 0,
@@ -42,6 +46,11 @@ def rule_hits(features: pd.DataFrame) -> pd.DataFrame:
         f["merchant_fraud_rate_28d_lag7d"] > 0.01,
         online & (f["card_has_history"] == 0) & (np.expm1(f["amount_log"]) > 200),
     ]
+
+
+def rule_hits(features: pd.DataFrame) -> pd.DataFrame:
+    """One boolean column per rule (the rule text as name), one row per transaction."""
+    hits = rule_flags(features)
     return pd.DataFrame({name: hit.to_numpy() for (name, _), hit in zip(RULES, hits, strict=True)})
 
 

@@ -96,7 +96,7 @@ def _record(client: MlflowClient, entry: dict[str, Any]) -> None:
     client.set_registered_model_tag(MODEL_NAME, ALIAS_LOG_TAG, json.dumps(log, separators=(",", ":")))
 
 
-def _current(client: MlflowClient, alias: str) -> str | None:
+def current_version(client: MlflowClient, alias: str) -> str | None:
     from mlflow.exceptions import MlflowException
 
     try:
@@ -114,7 +114,7 @@ def promote(
     entry = {
         "action": "promote",
         "alias": alias,
-        "from": _current(client, alias),
+        "from": current_version(client, alias),
         "to": str(version),
         "by": by or getpass.getuser(),
         "why": reason,
@@ -141,7 +141,7 @@ def champion_history(log: list[dict[str, Any]], alias: str = CHAMPION) -> list[s
 def rollback(settings: Settings, reason: str, alias: str = CHAMPION, by: str | None = None) -> dict[str, Any]:
     """Move ``alias`` back to the version that held it before the current one; record it."""
     client = connect(settings)
-    current = _current(client, alias)
+    current = current_version(client, alias)
     history = champion_history(alias_log(client), alias)
     if current is None:
         raise RegistryError(f"no version of {MODEL_NAME} holds the alias {alias!r}; nothing to roll back")
@@ -197,10 +197,11 @@ class LoadedModel:
 def load_version(settings: Settings, alias: str = CHAMPION, version: str | None = None) -> LoadedModel:
     """Download a version (by alias, or by number) and read its ONNX bytes and metadata."""
     import mlflow
+    import onnx
 
     client = connect(settings)
     if version is None:
-        number = _current(client, alias)
+        number = current_version(client, alias)
         if number is None:
             raise RegistryError(
                 f"no version of {MODEL_NAME} holds the alias {alias!r}: run `fraudctl train` first"
@@ -212,4 +213,7 @@ def load_version(settings: Settings, alias: str = CHAMPION, version: str | None 
     if not onnx_files:
         raise RegistryError(f"version {number} of {MODEL_NAME} holds no ONNX file")
     metadata = json.loads((folder / "extra_files" / METADATA_FILE).read_text())
-    return LoadedModel(number, onnx_files[0].read_bytes(), metadata, folder)
+    # onnx.load pulls in tensors stored beside the graph (MLflow's default for a time);
+    # ONNX Runtime refuses external data for a model given as bytes.
+    onnx_bytes = onnx.load_model(str(onnx_files[0])).SerializeToString()
+    return LoadedModel(number, onnx_bytes, metadata, folder)

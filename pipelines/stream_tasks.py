@@ -44,18 +44,7 @@ PartitionOf = Callable[[str], int]
 
 def parse_transaction(value: bytes) -> Txn:
     """A `transactions` record as the feature logic's Txn; raises ValueError if invalid."""
-    t = Transaction.model_validate_json(value)
-    return Txn(
-        t.transaction_id,
-        to_us(t.event_time),
-        t.card_id,
-        t.merchant_id,
-        t.merchant_country,
-        t.channel,
-        t.amount,
-        t.device_id,
-        t.ip_country,
-    )
+    return Txn.of(Transaction.model_validate_json(value))
 
 
 def parse_label(value: bytes) -> Label:

@@ -199,6 +199,7 @@ def _log_model_run(
         extra_files=[str(folder / name) for name in (METADATA_FILE, MODEL_CARD_FILE, REFERENCE_SAMPLE_FILE)],
         pip_requirements=["onnxruntime"],
         onnx_execution_providers=["CPUExecutionProvider"],
+        save_as_external_data=False,  # one self-contained file: what serving reads
     )
     version = str(info.registered_model_version)
     client.update_model_version(MODEL_NAME, version, description=files[MODEL_CARD_FILE])

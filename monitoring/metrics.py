@@ -1,0 +1,112 @@
+"""Every metric of the scoring service, in one place, named `fraud_<what>_<unit>`.
+
+Each service instance owns a `CollectorRegistry` (not the process-wide default), so tests
+can build several apps in one process and scrape each one's `/metrics` on its own.
+Labels are few and bounded: decision (3), served_by (4), stage (3), fallback reason (a
+handful); never a card or a transaction id.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+# Fine around the 10 ms SLO: a p99 of 8 ms and one of 12 ms must land in different buckets.
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.002,
+    0.003,
+    0.004,
+    0.005,
+    0.006,
+    0.007,
+    0.008,
+    0.009,
+    0.010,
+    0.0125,
+    0.015,
+    0.020,
+    0.030,
+    0.050,
+    0.100,
+    0.250,
+    1.0,
+)
+STAGE_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.010, 0.025, 0.1)
+SCORE_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0)
+BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
+
+
+class ScoringMetrics:
+    """The scoring service's metrics; `registry` is what `/metrics` exposes."""
+
+    def __init__(self) -> None:
+        self.registry = registry = CollectorRegistry()
+        self.request_seconds = Histogram(
+            "fraud_score_request_duration_seconds",
+            "POST /v1/score, from request parsed to response ready.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.stage_seconds = Histogram(
+            "fraud_score_stage_duration_seconds",
+            "Time of one stage of a score request.",
+            ["stage"],  # features | rules | model
+            buckets=STAGE_BUCKETS,
+            registry=registry,
+        )
+        self.decisions = Counter(
+            "fraud_decisions",
+            "Decisions by band and by what decided.",
+            ["decision", "served_by"],
+            registry=registry,
+        )
+        self.fallbacks = Counter(
+            "fraud_fallbacks",
+            "Requests served in a degraded mode, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.feature_lookups = Counter(
+            "fraud_feature_lookups",
+            "Online feature lookups by outcome (ok, timeout, error, breaker_open, unavailable).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.breaker_state = Gauge(
+            "fraud_feature_breaker_state",
+            "Feature-store circuit breaker: 0 closed, 1 half-open, 2 open.",
+            registry=registry,
+        )
+        self.scores = Histogram(
+            "fraud_score", "Calibrated scores returned.", buckets=SCORE_BUCKETS, registry=registry
+        )
+        self.invalid_requests = Counter(
+            "fraud_invalid_requests", "Requests refused with a 4xx, by status.", ["status"], registry=registry
+        )
+        self.model_info = Info("fraud_model", "Versions being served.", registry=registry)
+        self.model_reloads = Counter(
+            "fraud_model_reloads", "Model reloads by outcome.", ["outcome"], registry=registry
+        )
+        self.predictions_logged = Counter(
+            "fraud_prediction_log_records",
+            "Prediction records by outcome: sent, spooled, replayed, dropped.",
+            ["outcome"],
+            registry=registry,
+        )
+        self.spool_backlog = Gauge(
+            "fraud_prediction_log_spool_records",
+            "Prediction records waiting on disk for the broker.",
+            registry=registry,
+        )
+        self.spool_bytes = Gauge(
+            "fraud_prediction_log_spool_bytes", "Disk used by the spool.", registry=registry
+        )
+        self.log_queue = Gauge(
+            "fraud_prediction_log_queue_records",
+            "Prediction records in memory, not yet sent or spooled.",
+            registry=registry,
+        )
+
+    def set_breaker(self, state: str) -> None:
+        self.breaker_state.set(BREAKER_STATES[state])

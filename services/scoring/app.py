@@ -1,0 +1,145 @@
+"""The FastAPI app of the scoring service: its parts, built once per process, and its routes.
+
+`create_app(settings)` builds nothing yet; the lifespan opens the Feast store, loads the
+models, starts the prediction log and the registry poller, and stops them on shutdown.
+A part that cannot start leaves the service up and degraded (and `/readyz` says why):
+a scoring service that refuses to answer is worse than one that answers with rules.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from core.settings import Settings
+from monitoring.metrics import ScoringMetrics
+from services.scoring import no_torch
+from services.scoring.deps import Service
+from services.scoring.features import CircuitBreaker, FeatureClient, Reader
+from services.scoring.models import ModelHolder
+from services.scoring.prediction_log import PredictionLog
+from services.scoring.routes import admin, health, score
+from services.scoring.rules import Rules
+from services.scoring.scorer import Controls, Scorer
+
+log = logging.getLogger(__name__)
+
+
+def open_reader(settings: Settings) -> Reader | None:
+    """The Feast online reader, or None (logged) when the store cannot be opened."""
+    no_torch.install()
+    try:
+        from feature_repo.store import OnlineReader, open_store
+
+        reader = OnlineReader(open_store(settings)).read
+        reader("warm-up", None, None)  # opens the connection now, not within a request's budget
+        return reader
+    except Exception as error:
+        log.error("feature store unavailable, scoring with request-time features: %s", error)
+        return None
+
+
+def build_service(settings: Settings) -> Service:
+    metrics = ScoringMetrics()
+    metrics.set_breaker("closed")
+    breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_reset_seconds, metrics.set_breaker)
+    features = FeatureClient(open_reader(settings), settings.feature_timeout_ms / 1e3, breaker, metrics)
+    models = ModelHolder(settings, metrics)
+    models.reload()
+    prediction_log = PredictionLog(settings, metrics) if settings.prediction_log else None
+    controls = Controls(settings.canary_percent, settings.kill_switch)
+    scorer = Scorer(features, Rules(settings), models, prediction_log, controls, metrics)
+    return Service(settings, metrics, features, models, prediction_log, controls, scorer)
+
+
+class BodySizeLimit:
+    """413 for a body over the limit, whether it declares its length or streams it."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            await _too_large(self.max_bytes)(scope, receive, send)
+            return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise _BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _BodyTooLarge:
+            await _too_large(self.max_bytes)(scope, receive, send)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _too_large(max_bytes: int) -> JSONResponse:
+    return JSONResponse(
+        {"detail": f"request body over {max_bytes} bytes"}, status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    )
+
+
+def _field(location: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in location if p != "body"]
+    return ".".join(parts) or "body"
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service = build_service(settings)
+        app.state.service = service
+        if service.prediction_log is not None:
+            service.prediction_log.start()
+        service.models.start_polling()
+        # Everything loaded so far lives as long as the process: keep the collector off it,
+        # so a full collection does not walk Feast's and MLflow's objects mid-request.
+        gc.freeze()
+        yield
+        service.models.stop()
+        if service.prediction_log is not None:
+            service.prediction_log.stop()
+        service.features.close()
+
+    app = FastAPI(
+        title="fraud scoring service",
+        version="1",
+        description="Real-time card-fraud decisions: online features, rules, ONNX model, decision bands.",
+        lifespan=lifespan,
+    )
+    app.include_router(score.router)
+    app.include_router(health.router)
+    app.include_router(admin.router)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        fields = {_field(e["loc"]): e["msg"] for e in error.errors()}
+        request.app.state.service.metrics.invalid_requests.labels("422").inc()
+        return JSONResponse(
+            {"detail": f"invalid field(s): {', '.join(fields)}", "fields": fields},
+            status.HTTP_422_UNPROCESSABLE_ENTITY,
+        )
+
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,37 @@
+"""Request and response bodies of the HTTP API.
+
+The request is the event schema itself (`core.events.Transaction`): one definition, so the
+service accepts exactly what the gateway publishes to Kafka.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.events import Transaction
+
+TransactionIn = Transaction
+
+
+class ScoreOut(BaseModel):
+    transaction_id: str
+    score: float = Field(description="Calibrated fraud probability (rules-only score when no model decided).")
+    decision: Literal["approve", "review", "decline"]
+    reasons: list[str] = Field(description="Rule hits, then the features behind the score, in words.")
+    model_version: str | None
+    served_by: Literal["champion", "canary", "fallback", "kill_switch"]
+    latency_ms: float
+
+
+class CanaryIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    percent: float = Field(
+        ge=0, le=100, description="Share of cards (sticky by card) the challenger decides."
+    )
+
+
+class KillSwitchIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    state: Literal["on", "off"]

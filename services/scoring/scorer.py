@@ -1,0 +1,214 @@
+"""One score request, start to finish: features → rules → model → decision → prediction log.
+
+Every path ends in a decision. What decided is `served_by`:
+
+* ``champion`` / ``canary`` — the model, with the store's features;
+* ``fallback`` — degraded: the store did not answer in time (the model scores request-time
+  features and defaults), or no model could be used (rules only);
+* ``kill_switch`` — an operator turned the models off: rules only.
+
+The reason of every degradation is in `reasons` and in `fraud_fallbacks_total{reason}`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from core.events import Transaction
+from core.features import MODEL_FEATURES, Txn, model_vector
+from models.costs import decide
+from monitoring.metrics import ScoringMetrics
+from services.scoring.features import OK, FeatureClient
+from services.scoring.models import ModelHolder, ServingModel
+from services.scoring.prediction_log import PendingRecord, PredictionLog
+from services.scoring.rules import Rules, stricter
+
+log = logging.getLogger(__name__)
+
+CHAMPION, CANARY, FALLBACK, KILL_SWITCH = "champion", "canary", "fallback", "kill_switch"
+
+
+@dataclass
+class Controls:
+    """What operators change at run time (`/admin/*`); starts from the settings."""
+
+    canary_percent: float
+    kill_switch: bool
+
+
+def in_canary(card_id: str, percent: float) -> bool:
+    """Sticky by card: a card's hash bucket (0–9999) decides, the same on every request."""
+    return zlib.crc32(card_id.encode()) % 10_000 < percent * 100
+
+
+@dataclass(frozen=True)
+class Decision:
+    transaction_id: str
+    score: float
+    decision: str
+    reasons: list[str]
+    model_version: str | None
+    served_by: str
+    latency_ms: float
+
+
+class Scorer:
+    def __init__(
+        self,
+        features: FeatureClient,
+        rules: Rules,
+        models: ModelHolder,
+        prediction_log: PredictionLog | None,
+        controls: Controls,
+        metrics: ScoringMetrics,
+    ) -> None:
+        self.features = features
+        self.rules = rules
+        self.models = models
+        self.prediction_log = prediction_log
+        self.controls = controls
+        self.metrics = metrics
+
+    async def score(self, txn: Transaction) -> Decision:
+        start = time.perf_counter()
+        models = self.models.current  # read once: this request uses one model set throughout
+        event = Txn.of(txn)
+        lookup = await self.features.lookup(txn.card_id, txn.merchant_id, txn.device_id)
+        snapshots = lookup.snapshots or {}
+        vector = np.asarray(
+            model_vector(event, snapshots.get("card"), snapshots.get("merchant"), snapshots.get("device")),
+            dtype=np.float32,
+        )
+        features = dict(zip(MODEL_FEATURES, vector.tolist(), strict=True))
+        after_features = time.perf_counter()
+        rules = self.rules.evaluate(txn, event.time_us, snapshots.get("card"), features)
+        after_rules = time.perf_counter()
+
+        reasons: list[str] = []
+        degraded: list[str] = []
+        if lookup.outcome != OK:
+            degraded.append(f"features_{lookup.outcome}")
+            reasons.append(
+                f"feature store {lookup.outcome.replace('_', ' ')}: scored with request-time features"
+            )
+        model: ServingModel | None = None
+        served_by = CHAMPION
+        if self.controls.kill_switch:
+            served_by = KILL_SWITCH
+        elif models.champion is None:
+            degraded.append("no_model")
+            reasons.append("no model loaded: rules only")
+        elif models.challenger is not None and in_canary(txn.card_id, self.controls.canary_percent):
+            model, served_by = models.challenger, CANARY
+        else:
+            model = models.champion
+
+        score, decision = rules.score, rules.rules_only_decision()
+        if model is not None:
+            try:
+                score, top_features = model.score_and_explain(vector)
+                decision = stricter(rules.floor, str(decide(np.array([score]), model.scorer.thresholds)[0]))
+                reasons += top_features
+            except Exception as error:  # a model that cannot run must not fail the request
+                log.error("model %s failed: %s", model.version, error)
+                degraded.append("model_error")
+                reasons.append("model failed: rules only")
+                model = None
+        if model is None and served_by != KILL_SWITCH:
+            served_by = FALLBACK
+        elif degraded and served_by != KILL_SWITCH:
+            served_by = FALLBACK
+        if served_by == KILL_SWITCH:
+            reasons.append("kill switch on: rules only")
+        reasons = rules.hits + reasons
+        end = time.perf_counter()
+
+        self._observe(start, after_features, after_rules, end, decision, served_by, score, degraded)
+        latency = {
+            "total": (end - start) * 1e3,
+            "features": (after_features - start) * 1e3,
+            "rules": (after_rules - after_features) * 1e3,
+            "model": (end - after_rules) * 1e3,
+        }
+        if self.prediction_log is not None:
+            self._log(
+                txn,
+                features,
+                vector,
+                score,
+                decision,
+                served_by,
+                model,
+                models.challenger,
+                rules.hits,
+                latency,
+            )
+        return Decision(
+            transaction_id=txn.transaction_id,
+            score=score,
+            decision=decision,
+            reasons=reasons,
+            model_version=model.version if model else None,
+            served_by=served_by,
+            latency_ms=round(latency["total"], 3),
+        )
+
+    def _observe(
+        self,
+        start: float,
+        after_features: float,
+        after_rules: float,
+        end: float,
+        decision: str,
+        served_by: str,
+        score: float,
+        degraded: list[str],
+    ) -> None:
+        m = self.metrics
+        m.stage_seconds.labels("features").observe(after_features - start)
+        m.stage_seconds.labels("rules").observe(after_rules - after_features)
+        m.stage_seconds.labels("model").observe(end - after_rules)
+        m.decisions.labels(decision, served_by).inc()
+        m.scores.observe(score)
+        for reason in degraded:
+            m.fallbacks.labels(reason).inc()
+
+    def _log(
+        self,
+        txn: Transaction,
+        features: dict[str, float],
+        vector: np.ndarray,
+        score: float,
+        decision: str,
+        served_by: str,
+        model: ServingModel | None,
+        challenger: ServingModel | None,
+        rule_hits: list[str],
+        latency: dict[str, float],
+    ) -> None:
+        record: dict[str, Any] = {
+            "transaction_id": txn.transaction_id,
+            "card_id": txn.card_id,
+            "event_time": txn.event_time.isoformat(),
+            "scored_at": datetime.now(UTC).isoformat(),
+            "score": score,
+            "decision": decision,
+            "served_by": served_by,
+            "model_version": model.version if model else None,
+            "challenger_version": None,
+            "challenger_score": None,
+            "rule_hits": rule_hits,
+            "features": features,
+            "latency_ms": latency,
+        }
+        # Shadow: the challenger scores the same vector, off the hot path, unless it decided.
+        shadow = challenger if challenger is not None and challenger is not model else None
+        assert self.prediction_log is not None
+        self.prediction_log.submit(PendingRecord(record, vector, shadow))
