@@ -13,14 +13,17 @@ behind catches up instead of stretching the schedule.
 
 from __future__ import annotations
 
+import http.client
 import itertools
 import json
 import math
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import pandas as pd
@@ -46,7 +49,37 @@ TRANSACTION_WIRE = pa.schema(
 LABEL_WIRE = pa.schema([events.LABEL_ARROW_SCHEMA.field(f) for f in events.Label.model_fields])
 CHUNK = 1_000  # transactions encoded at a time: 1M encoded at once would hold ~0.5 GB
 Message = tuple[str, str, bytes]  # topic, key, value
-SCORE_UNAVAILABLE = "--score needs the scoring service (issue: scoring service); not available yet"
+
+
+class GatewayScorer:
+    """Calls POST /v1/score before each transaction is published, as a payment gateway does.
+
+    One keep-alive connection, one call at a time: the gateway waits for the decision
+    before it forwards the authorization, so the replay's rate is bounded by the latency.
+    Declined transactions are still published: the stream sees every authorization attempt.
+    """
+
+    def __init__(self, url: str, timeout_s: float = 2.0) -> None:
+        parts = urlsplit(url if "://" in url else f"http://{url}")
+        self.path = (parts.path.rstrip("/") or "") + "/v1/score"
+        self.connection = http.client.HTTPConnection(
+            parts.hostname or "127.0.0.1", parts.port or 80, timeout=timeout_s
+        )
+        self.decisions: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()
+
+    def __call__(self, body: bytes) -> None:
+        try:
+            self.connection.request("POST", self.path, body, {"content-type": "application/json"})
+            response = self.connection.getresponse()
+            payload = response.read()
+            if response.status == 200:
+                self.decisions[json.loads(payload)["decision"]] += 1
+            else:
+                self.errors[f"http_{response.status}"] += 1
+        except (OSError, http.client.HTTPException) as error:
+            self.errors[type(error).__name__] += 1
+            self.connection.close()  # reconnects on the next request
 
 
 @dataclass(frozen=True)
@@ -61,6 +94,8 @@ class ReplaySummary:
     speedup: float | None
     max_lag_seconds: float | None  # worst delay of a send behind its due time; None if unpaced
     first_error: str | None = None
+    decisions: dict[str, int] | None = None  # with --score: decisions by band
+    score_errors: dict[str, int] | None = None
 
     @property
     def achieved_rps(self) -> float:
@@ -196,6 +231,7 @@ def replay(
     limit: int | None = None,
     progress: bool = False,
     labels_after_end: bool = True,
+    score_url: str | None = None,
 ) -> ReplaySummary:
     """Publish a dataset's transactions and labels to Kafka, merged by time and paced.
 
@@ -207,6 +243,7 @@ def replay(
         limit: Publish only the first N transactions and the labels due before the last.
         progress: Show a progress bar with the achieved rate and the lag.
         labels_after_end: Publish at the end the labels reported after the last transaction.
+        score_url: Score each transaction at this scoring service before publishing it.
 
     Returns:
         Counts, timing and the number of failed sends: check `failed`, it is not raised.
@@ -227,9 +264,10 @@ def replay(
     wait_until_ready(settings.kafka_bootstrap, timeout_s=10)
     ensure_topics(settings)
     columns = (TextColumn("replay"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"))
+    scorer = GatewayScorer(score_url) if score_url else None
     with Progress(*columns, disable=not progress, transient=True) as bar, producer(settings) as out:
         seconds, max_lag, errors = _publish(
-            out, messages(transactions, labels, codes), due, bar, len(transactions)
+            out, messages(transactions, labels, codes), due, bar, len(transactions), scorer
         )
     return ReplaySummary(
         transactions=len(transactions),
@@ -240,6 +278,8 @@ def replay(
         speedup=speedup,
         max_lag_seconds=None if due is None else max_lag,
         first_error=repr(errors[0]) if errors else None,
+        decisions=dict(scorer.decisions) if scorer else None,
+        score_errors=dict(scorer.errors) if scorer else None,
     )
 
 
@@ -249,6 +289,7 @@ def _publish(
     due: np.ndarray | None,
     bar: Progress,
     total: int,
+    scorer: GatewayScorer | None = None,
 ) -> tuple[float, float, list[BaseException]]:
     """The hot loop: send each message when due, then flush.
 
@@ -273,6 +314,8 @@ def _publish(
             max_lag = max(max_lag, late)
         # A send that fails at once (the buffer stayed full for max_block_ms: the broker is
         # gone) raises, or a dead broker would cost a minute per message.
+        if scorer is not None and topic == events.TRANSACTIONS_TOPIC:
+            scorer(value)
         out.send(topic, key=key, value=value).add_errback(errors.append)
         done += topic == events.TRANSACTIONS_TOPIC
         if now - shown > 0.25 and not bar.disable:
@@ -302,7 +345,10 @@ def cli(
         ),
     ] = True,
     score: Annotated[
-        str | None, typer.Option(help="Also score each transaction at this URL (not available yet).")
+        str | None,
+        typer.Option(
+            help="Score each transaction at this scoring service first, e.g. http://127.0.0.1:8000."
+        ),
     ] = None,
 ) -> None:
     """Play a dataset into Kafka as the payment gateway would: transactions, and labels when due.
@@ -311,12 +357,10 @@ def cli(
     """
     err, settings = Console(stderr=True, soft_wrap=True, highlight=False), get_settings()
     try:
-        if score is not None:
-            raise ValueError(SCORE_UNAVAILABLE)
         if rps is not None and speedup is not None:
             raise ValueError("use --rps or --speedup, not both")
         data_dir = settings.demo_data_dir if source is None else source
-        summary = replay(data_dir, settings, rps or 0, speedup, limit, True, labels_after_end)
+        summary = replay(data_dir, settings, rps or 0, speedup, limit, True, labels_after_end, score)
     except BrokerUnavailable as error:
         err.print(f"error: {escape(str(error))}; start one with `fraudctl broker`")
         raise typer.Exit(1) from None
@@ -332,6 +376,11 @@ def cli(
     table.add_row("achieved rps", f"{summary.achieved_rps:,.0f}{target}")
     table.add_row("max lag", lag)
     table.add_row("failed sends", f"{summary.failed:,}")
+    if summary.decisions is not None:
+        table.add_row("decisions", ", ".join(f"{k} {v:,}" for k, v in sorted(summary.decisions.items())))
+        table.add_row(
+            "scoring errors", ", ".join(f"{k} {v:,}" for k, v in (summary.score_errors or {}).items()) or "0"
+        )
     Console(highlight=False).print(table)
     if summary.failed:
         sent, first = summary.transactions + summary.labels, escape(str(summary.first_error))

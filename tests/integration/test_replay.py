@@ -238,7 +238,6 @@ def test_cli_replays_and_prints_a_summary(run_cli, paced: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--score", "http://127.0.0.1:8000"], f"error: {rp.SCORE_UNAVAILABLE}"),
         (["--rps", 100, "--speedup", 10], "error: use --rps or --speedup, not both"),
         (["--rps", -1], "error: --rps must be 0 (as fast as possible) or positive"),
         (["--limit", 0], "error: --limit must be at least 1"),

@@ -314,6 +314,15 @@ def test_predictions_spool_while_the_broker_is_down_and_replay_in_order(
     assert all(r["challenger_score"] is not None and len(r["features"]) > 30 for r in records)
 
 
+def test_replay_scores_each_transaction_before_publishing_it(client: httpx.Client, base: Settings) -> None:
+    from pipelines.replay import replay
+
+    with EmbeddedBroker(base, bootstrap="127.0.0.1:0") as broker:
+        summary = replay(base.var_dir / "data", broker.settings, limit=60, score_url=str(client.base_url))
+    assert summary.failed == 0 and summary.score_errors == {}
+    assert summary.decisions is not None and sum(summary.decisions.values()) == 60
+
+
 def test_serving_never_imports_torch(base: Settings, versions: dict[str, str]) -> None:
     code = (
         "import sys\n"
