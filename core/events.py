@@ -14,6 +14,8 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from core.iso_codes import COUNTRIES, CURRENCIES
+
 SCHEMA_VERSION = 1
 
 TRANSACTIONS_TOPIC = "transactions"
@@ -59,6 +61,20 @@ class Transaction(BaseModel):
     schema_version: int = SCHEMA_VERSION
 
     _utc = field_validator("event_time")(_as_utc)
+
+    @field_validator("merchant_country", "ip_country")
+    @classmethod
+    def _known_country(cls, value: str | None) -> str | None:
+        if value is not None and value not in COUNTRIES:
+            raise ValueError(f"{value!r} is not an ISO 3166-1 alpha-2 country code")
+        return value
+
+    @field_validator("currency")
+    @classmethod
+    def _known_currency(cls, value: str) -> str:
+        if value not in CURRENCIES:
+            raise ValueError(f"{value!r} is not an ISO 4217 currency code")
+        return value
 
     @model_validator(mode="after")
     def _customer_defaults_to_card(self) -> Transaction:

@@ -38,13 +38,12 @@ Checks, in order; the first failing one raises ImportValidationError for its low
 4. transaction_id unique (the error names the later row and the earlier one).
 5. event_time parses.
 6. amount is a number, > 0 and <= 1,000,000 (the event schema's bounds).
-7. merchant_country, ip_country (2 letters), currency (3), channel, is_fraud, label_source.
+7. merchant_country, ip_country (ISO 3166-1 alpha-2), currency (ISO 4217), channel, is_fraud, label_source.
 8. reported_at parses and is not before event_time.
 """
 
 from __future__ import annotations
 
-import re
 import warnings
 from pathlib import Path
 from typing import Annotated, Any, get_args
@@ -59,6 +58,7 @@ from rich.markup import escape
 
 from core.dataset import make_timestamps_unique, write_dataset
 from core.events import LEGIT_SCENARIO, SCHEMA_VERSION, UNKNOWN_SCENARIO, LabelSource
+from core.iso_codes import COUNTRIES, CURRENCIES
 from core.settings import get_settings
 
 REQUIRED = ("transaction_id", "event_time", "card_id", "merchant_id", "amount")
@@ -73,9 +73,9 @@ BOOLS = {"1": True, "true": True, "yes": True, "t": True, "0": False, "false": F
 SOURCES = get_args(LabelSource)
 # field: (case, accepted: a pattern or a table of synonyms, what the error says)
 RULES: dict[str, tuple[str, str | dict[str, Any], str]] = {
-    "merchant_country": ("upper", "[A-Z]{2}", "2 letters"),
-    "ip_country": ("upper", "[A-Z]{2}", "2 letters"),
-    "currency": ("upper", "[A-Z]{3}", "3 letters"),
+    "merchant_country": ("upper", {c: c for c in COUNTRIES}, "an ISO 3166-1 alpha-2 country code"),
+    "ip_country": ("upper", {c: c for c in COUNTRIES}, "an ISO 3166-1 alpha-2 country code"),
+    "currency": ("upper", {c: c for c in CURRENCIES}, "an ISO 4217 currency code"),
     "channel": ("lower", CHANNELS, f"one of {', '.join(CHANNELS)}"),
     "is_fraud": ("lower", BOOLS, "1/0, true/false, yes/no or t/f"),
     "label_source": ("lower", {s: s for s in SOURCES}, f"one of {', '.join(SOURCES)}"),
@@ -295,8 +295,10 @@ def import_transactions(
     """
     _check_targets(mapping)
     country = default_country.strip().upper()
-    if not re.fullmatch("[A-Z]{2}", country):
-        raise ImportValidationError(None, None, f"default country must be 2 letters, not {default_country!r}")
+    if country not in COUNTRIES:
+        raise ImportValidationError(
+            None, None, f"default country must be an ISO 3166-1 alpha-2 code, not {default_country!r}"
+        )
     if not 0 <= label_delay_days <= 3650:  # also rejects NaN
         raise ImportValidationError(None, None, f"label delay must be 0-3650 days (got {label_delay_days})")
     raw = _read(Path(path), list(dict.fromkeys(mapping.values())))

@@ -180,7 +180,7 @@ BAD_ROWS = {
     "zero amount": ([(1, "amt", "0")], "amt", 1, "amount must be > 0 (got 0)"),
     "non-numeric amount": ([(2, "amt", "12.5o")], "amt", 2, "amount is not a number (got '12.5o')"),
     "duplicate id": ([(4, "id", "008")], "id", 4, "duplicate transaction_id '008' (also in row 2)"),
-    "bad country": ([(2, "country", "USA")], "country", 2, "must be 2 letters (got 'USA')"),
+    "bad country": ([(2, "country", "USA")], "country", 2, "must be an ISO 3166-1 alpha-2 country code"),
     "bad channel": ([(1, "chan", "atm")], "chan", 1, "channel must be one of"),
     "bad is_fraud": ([(4, "fraud", "maybe")], "fraud", 4, "is_fraud must be 1/0"),
     "reported before event": (
