@@ -18,7 +18,7 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks import bench_feature_store, bench_simulate, bench_stream, bench_train
+from benchmarks import bench_feature_store, bench_score, bench_simulate, bench_stream, bench_train
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -27,6 +27,7 @@ BENCHMARKS: dict[str, tuple[Callable[[], dict[str, Any]], str]] = {
     "feature_store": (bench_feature_store.run_benchmark, "python -m benchmarks.bench_feature_store"),
     "stream": (bench_stream.run_benchmark, "python -m benchmarks.bench_stream"),
     "train": (bench_train.run_benchmark, "python -m benchmarks.bench_train"),
+    "score": (bench_score.run_benchmark, "python -m benchmarks.bench_score"),
 }
 
 

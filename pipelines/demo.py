@@ -25,7 +25,7 @@ def cli(
         int | None, typer.Option(help="Cards to simulate (default: settings.demo_cards).")
     ] = None,
 ) -> None:
-    """Simulate → backfill Feast → online features → stream a day through Kafka → train and register.
+    """Simulate → backfill → online features → stream a day → train and register → serve and load-test.
 
     Example: fraudctl demo --days 42 --cards 2000
     """
@@ -106,3 +106,10 @@ def cli(
     from pipelines.train import demo_step
 
     demo_step(settings, data_dir, console)
+
+    console.rule(
+        "[bold]6. serve: replay through the scoring service, load test at 500 req/s, canary and kill switch"
+    )
+    from services.serve import demo_step as serve_demo_step
+
+    serve_demo_step(settings, data_dir, console)

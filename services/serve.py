@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
-from core.settings import get_settings
+from core.settings import Settings, get_settings
 
 
 def cli(
@@ -52,3 +58,97 @@ def cli(
         access_log=access_log,
         log_level="info",
     )
+
+
+def start_in_background(
+    settings: Settings, port: int, log_path: Path, timeout_s: float = 120.0
+) -> subprocess.Popen:
+    """`fraudctl serve` in its own process (as in production) on `port`, once /readyz says ready.
+
+    The child reads its configuration from the environment, so `settings` are passed as
+    FRAUD_* variables. Used by the demo and the benchmark.
+
+    Raises:
+        RuntimeError: the service exited or did not become ready in time (its log's tail).
+    """
+    import httpx
+
+    env = os.environ | {
+        "FRAUD_VAR_DIR": str(settings.var_dir),
+        "FRAUD_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "FRAUD_MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
+        "FRAUD_FEAST_PROJECT": settings.feast_project,
+        "FRAUD_ADMIN_TOKEN": settings.admin_token,
+        "FRAUD_REGISTRY_POLL_SECONDS": str(settings.registry_poll_seconds),
+        "FRAUD_SERVE_PORT": str(port),
+    }
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("w") as log:
+        fraudctl = Path(sys.executable).parent / "fraudctl"
+        process = subprocess.Popen([str(fraudctl), "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return process
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"the scoring service did not become ready: {log_path.read_text()[-2000:]}")
+        time.sleep(0.5)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def demo_step(settings: Settings, data_dir: Path, console: Any) -> None:
+    """`fraudctl demo`'s serving step: serve → replay with --score → loadtest → canary, kill switch."""
+    import httpx
+    from rich.table import Table
+
+    from pipelines.broker import EmbeddedBroker
+    from pipelines.replay import replay
+    from services.loadtest import result_table, run_load, transaction_pool
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with EmbeddedBroker(settings, bootstrap="127.0.0.1:0") as broker:
+        serving = broker.settings.model_copy(update={"registry_poll_seconds": 5})
+        service = start_in_background(serving, port, settings.var_dir / "demo_serve.log")
+        try:
+            console.print(f"scoring service on {url} (log: {settings.var_dir / 'demo_serve.log'})")
+            scored = replay(data_dir, broker.settings, limit=1_000, progress=True, score_url=url)
+            console.print(
+                f"replay --score: {scored.transactions:,} transactions scored then published at "
+                f"{scored.achieved_rps:,.0f}/s; decisions {scored.decisions}, errors {scored.score_errors or 0}"
+            )
+            result = run_load(url, rps=500, duration_s=20, warmup_s=3, slo_p99_ms=10, progress=True)
+            console.print(result_table(result))
+            admin = {"authorization": f"Bearer {serving.admin_token}"}
+            body = transaction_pool(size=1, seed=3, data_dir=data_dir).body(0)
+            table = Table(title="who decides", show_header=True)
+            for column in ("control", "served_by", "model_version", "decision"):
+                table.add_column(column)
+            with httpx.Client(base_url=url, timeout=5) as client:
+
+                def show(control: str) -> None:
+                    out = client.post("/v1/score", content=body, headers={"content-type": "application/json"})
+                    decided = out.json()
+                    table.add_row(control, decided["served_by"], str(decided["model_version"]), decided["decision"])
+
+                show("default")
+                client.post("/admin/canary", json={"percent": 100}, headers=admin)
+                show("canary 100%")
+                client.post("/admin/canary", json={"percent": 0}, headers=admin)
+                client.post("/admin/kill-switch", json={"state": "on"}, headers=admin)
+                show("kill switch on")
+                client.post("/admin/kill-switch", json={"state": "off"}, headers=admin)
+                show("kill switch off")
+            console.print(table)
+        finally:
+            service.terminate()
+            service.wait(30)
