@@ -45,7 +45,12 @@ class _Connection(asyncio.Protocol):
         self._buffer += data
         if self._waiter is None or self._waiter.done():
             return
-        status = self._parse()
+        try:
+            status = self._parse()
+        except (ValueError, Disconnected) as error:  # not HTTP as we know it: drop the connection
+            self._waiter.set_exception(Disconnected(f"unreadable reply: {error}"))
+            self.close()
+            return
         if status is not None:
             self._waiter.set_result(status)
 
@@ -56,9 +61,11 @@ class _Connection(asyncio.Protocol):
         if end < 0:
             return None
         head = bytes(buffer[:end]).lower()
-        body_start = end + 4
+        body_start, status = end + 4, int(head[9:12])
         marker = head.find(b"\r\ncontent-length:")
-        if marker >= 0:
+        if status in (204, 304):  # never a body
+            pass
+        elif marker >= 0:
             line_end = head.find(b"\r\n", marker + 2)
             length = int(head[marker + 17 : line_end if line_end >= 0 else len(head)])
             if len(buffer) < body_start + length:
@@ -70,7 +77,7 @@ class _Connection(asyncio.Protocol):
             raise Disconnected("reply with neither Content-Length nor chunked encoding")
         self.reusable = b"\r\nconnection: close" not in head
         del buffer[:]
-        return int(head[9:12])
+        return status
 
     async def request(self, payload: bytes) -> int:
         """Send one request and return the reply's status code."""

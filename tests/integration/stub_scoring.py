@@ -88,11 +88,40 @@ class StubScoring:
         self._thread.join(10)
 
 
+class _Fixed(asyncio.Protocol):
+    """The cheapest possible server, the same 200 reply to every request: it measures the
+    client's own ceiling (`fraudctl loadtest` against it), not the client's correctness."""
+
+    REPLY = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (
+        len(OK_BODY),
+        OK_BODY,
+    )
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        # A request per end of headers (the bodies are one-line JSON); good enough here.
+        self.transport.write(self.REPLY * data.count(b"\r\n\r\n"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=8099)
-    port = parser.parse_args().port
-    web.run_app(StubScoring().app(), host="127.0.0.1", port=port, access_log=None)
+    parser.add_argument("--fixed", action="store_true", help="Raw asyncio (uvloop) server, fixed reply.")
+    options = parser.parse_args()
+    if not options.fixed:
+        web.run_app(StubScoring().app(), host="127.0.0.1", port=options.port, access_log=None)
+        return
+    import uvloop
+
+    async def serve() -> None:
+        server = await asyncio.get_running_loop().create_server(
+            _Fixed, "127.0.0.1", options.port, backlog=1024
+        )
+        await server.serve_forever()
+
+    uvloop.run(serve())
 
 
 if __name__ == "__main__":

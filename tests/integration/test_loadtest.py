@@ -76,6 +76,9 @@ def test_reply_framing() -> None:
     assert asyncio.run(parse(chunked)) == (422, True)
     closing = b"HTTP/1.1 500 Oops\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
     assert asyncio.run(parse(closing)) == (500, False)
+    assert asyncio.run(parse(b"HTTP/1.1 204 No Content\r\nserver: x\r\n\r\n")) == (204, True)
+    with pytest.raises(http1.Disconnected, match="unreadable reply"):
+        asyncio.run(parse(b"SSH-2.0-OpenSSH\r\n\r\n"))
 
 
 def test_locustfile_compiles() -> None:
