@@ -24,11 +24,12 @@ HTTP client rather than aiohttp's: `services.http1`.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import math
 import random
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -51,16 +52,18 @@ class TransactionPool:
     """Transactions to cycle through, pre-encoded except for the per-request fields.
 
     `tails` hold each transaction's JSON after the per-request fields (``"card_id": ...}``)
-    so that a body costs a few concatenations, not a ``json.dumps``.
+    so that a body costs a few concatenations, not a ``json.dumps``. Ids come from one
+    counter per pool, so runs that share a pool (a ramp's steps) never repeat an id.
     """
 
     tails: list[bytes]
     id_prefix: str  # unique per pool, so reruns against one service never reuse an id
+    _ids: Iterator[int] = field(default_factory=itertools.count, repr=False)
 
     def body(self, i: int) -> bytes:
-        """Request body i: pool entry i mod size, transaction id `<prefix><i>`, event time now."""
+        """A request body: pool entry i mod size, a new transaction id, event time now."""
         now = datetime.now(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
-        head = f'{{"transaction_id": "{self.id_prefix}{i}", "event_time": "{now}", '
+        head = f'{{"transaction_id": "{self.id_prefix}{next(self._ids)}", "event_time": "{now}", '
         return head.encode() + self.tails[i % len(self.tails)]
 
 
@@ -200,6 +203,8 @@ def ramp(
         raise ValueError(f"--ramp-factor must be > 1 (or give --ramp-step), got {factor}")
     if step_rps is not None and step_rps <= 0:
         raise ValueError(f"--ramp-step must be positive, got {step_rps}")
+    if not 0 < start_rps <= max_rps:
+        raise ValueError(f"the ramp must start at a rate in (0, --ramp-max = {max_rps:g}], got {start_rps:g}")
     pool = transactions if transactions is not None else transaction_pool()
     steps: list[LoadResult] = []
     best, rate = None, start_rps

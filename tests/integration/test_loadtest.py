@@ -53,6 +53,7 @@ def test_bodies_are_fresh_valid_transactions(pool: TransactionPool, small_datase
     bodies = [Transaction.model_validate_json(pool.body(i)) for i in range(400)]
     assert len({b.transaction_id for b in bodies}) == 400  # the pool repeats, the ids do not
     assert bodies[0].card_id == bodies[200].card_id  # ... and the rest is the pool's
+    assert Transaction.model_validate_json(pool.body(0)).transaction_id != bodies[0].transaction_id
     assert all(abs((datetime.now(UTC) - b.event_time).total_seconds()) < 5 for b in bodies)
     assert "scenario" not in pool.body(0).decode()
     sampled = transaction_pool(size=50, seed=1, data_dir=small_dataset)
