@@ -40,6 +40,7 @@ from rich.markup import escape
 from rich.progress import Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from core.settings import get_settings
 from services.loadgen import LoadResult, RampResult, Tally, open_loop, summarize
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -259,7 +260,12 @@ def _rate(value: float | None) -> str:
 
 
 def cli(
-    url: Annotated[str, typer.Option(help="The service; /v1/score is added if no path.")] = DEFAULT_URL,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            help="The service; /v1/score is added if no path.", show_default="http://FRAUD_SERVE_HOST:PORT"
+        ),
+    ] = None,
     rps: Annotated[float, typer.Option(help="Requests per second (with --ramp: the first step).")] = 500.0,
     duration: Annotated[float, typer.Option(help="Measured seconds (with --ramp: per step).")] = 30.0,
     warmup: Annotated[float, typer.Option(help="Seconds sent first and not measured.")] = 5.0,
@@ -290,6 +296,8 @@ def cli(
     Example: fraudctl loadtest --ramp --rps 500 --duration 10 --slo-p99-ms 50 --json
     """
     err = Console(stderr=True, soft_wrap=True, highlight=False)
+    settings = get_settings()  # where `fraudctl serve` listens by default
+    url = url or f"http://{settings.serve_host}:{settings.serve_port}"
     try:
         pool = transaction_pool(pool_size, seed, data)
         if ramp_up:
