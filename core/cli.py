@@ -27,7 +27,7 @@ from pipelines import (
     stream,
     train,
 )
-from services import serve
+from services import loadtest, serve
 
 app = typer.Typer(
     name="fraudctl",
@@ -49,6 +49,7 @@ app.command("models")(registry_cli.models)
 app.command("promote")(registry_cli.promote)
 app.command("rollback")(registry_cli.rollback)
 app.command("serve")(serve.cli)
+app.command("loadtest")(loadtest.cli)
 app.command("demo")(demo.cli)
 
 
