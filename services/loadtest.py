@@ -223,7 +223,7 @@ def ramp(
     return RampResult(steps, best)
 
 
-def _result_table(result: LoadResult) -> Table:
+def result_table(result: LoadResult) -> Table:
     table = Table(title=f"loadtest {result.url}", show_header=False)
     rows = {
         "requests": f"{result.requests:,} in {result.duration_s:g} s (+ {result.warmup_s:g} s warmup)",
@@ -311,7 +311,7 @@ def cli(
             result = run_load(
                 url, rps, duration, warmup, slo_p99_ms, pool, max_connections, timeout, progress=not as_json
             )
-            report, failure, table = result.as_dict(), result.reason(), _result_table(result)
+            report, failure, table = result.as_dict(), result.reason(), result_table(result)
     except ValueError as error:  # DatasetError is a ValueError
         err.print(f"error: {escape(str(error))}")
         raise typer.Exit(1) from None

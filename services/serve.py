@@ -124,7 +124,8 @@ def demo_step(settings: Settings, data_dir: Path, console: Any) -> None:
             scored = replay(data_dir, broker.settings, limit=1_000, progress=True, score_url=url)
             console.print(
                 f"replay --score: {scored.transactions:,} transactions scored then published at "
-                f"{scored.achieved_rps:,.0f}/s; decisions {scored.decisions}, errors {scored.score_errors or 0}"
+                f"{scored.achieved_rps:,.0f}/s; decisions {scored.decisions}, "
+                f"errors {scored.score_errors or 0}"
             )
             result = run_load(url, rps=500, duration_s=20, warmup_s=3, slo_p99_ms=10, progress=True)
             console.print(result_table(result))
@@ -137,8 +138,8 @@ def demo_step(settings: Settings, data_dir: Path, console: Any) -> None:
 
                 def show(control: str) -> None:
                     out = client.post("/v1/score", content=body, headers={"content-type": "application/json"})
-                    decided = out.json()
-                    table.add_row(control, decided["served_by"], str(decided["model_version"]), decided["decision"])
+                    d = out.json()
+                    table.add_row(control, d["served_by"], str(d["model_version"]), d["decision"])
 
                 show("default")
                 client.post("/admin/canary", json={"percent": 100}, headers=admin)
