@@ -9,7 +9,7 @@ from its arrow schema.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -35,16 +35,31 @@ COUNTRY_PATTERN = r"^[A-Z]{2}$"
 CURRENCY_PATTERN = r"^[A-Z]{3}$"
 
 
+# The schema lists the codes (an enum) beside the pattern, so clients know what passes.
+CountryCode = Annotated[str, Field(pattern=COUNTRY_PATTERN, json_schema_extra={"enum": sorted(COUNTRIES)})]
+
+
+def _iso_text(value: object) -> object:
+    """A timestamp on the wire is an ISO-8601 string; a number (epoch?) is refused, not guessed."""
+    if not isinstance(value, str | datetime):
+        raise ValueError("timestamp must be an ISO-8601 string, e.g. 2026-01-31T12:00:00Z")
+    return value
+
+
 def _as_utc(value: datetime) -> datetime:
     if value.tzinfo is None:
         raise ValueError("timestamp must carry a timezone (UTC ISO-8601, e.g. 2026-01-31T12:00:00Z)")
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError as error:  # e.g. 0001-01-01T00:30+01:00: year 0 in UTC
+        raise ValueError("timestamp is out of range once converted to UTC") from error
 
 
 class Transaction(BaseModel):
     """A card authorization as the payment gateway sees it."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    # Ids are opaque: taken as sent (no stripping), so what the schema documents is what passes.
+    model_config = ConfigDict(extra="forbid")
 
     transaction_id: str = Field(min_length=1, max_length=64)
     event_time: datetime
@@ -52,14 +67,17 @@ class Transaction(BaseModel):
     customer_id: str | None = Field(default=None, max_length=64)
     merchant_id: str = Field(min_length=1, max_length=64)
     merchant_category: str | None = Field(default=None, max_length=32)
-    merchant_country: str = Field(pattern=COUNTRY_PATTERN)
+    merchant_country: CountryCode
     channel: Channel
     device_id: str | None = Field(default=None, max_length=64)
-    ip_country: str | None = Field(default=None, pattern=COUNTRY_PATTERN)
-    amount: float = Field(gt=0, le=1_000_000)
-    currency: str = Field(default="USD", pattern=CURRENCY_PATTERN)
-    schema_version: int = SCHEMA_VERSION
+    ip_country: CountryCode | None = None
+    amount: float = Field(gt=0, le=1_000_000, strict=True)  # a JSON number, not "12.5"
+    currency: str = Field(
+        default="USD", pattern=CURRENCY_PATTERN, json_schema_extra={"enum": sorted(CURRENCIES)}
+    )
+    schema_version: int = Field(default=SCHEMA_VERSION, strict=True)
 
+    _text = field_validator("event_time", mode="before")(_iso_text)
     _utc = field_validator("event_time")(_as_utc)
 
     @field_validator("merchant_country", "ip_country")
@@ -95,6 +113,7 @@ class Label(BaseModel):
     reported_at: datetime
     source: LabelSource = "chargeback"
 
+    _text = field_validator("reported_at", mode="before")(_iso_text)
     _utc = field_validator("reported_at")(_as_utc)
 
 

@@ -138,7 +138,7 @@ def create_app(settings: Settings) -> FastAPI:
         request.app.state.service.metrics.invalid_requests.labels("422").inc()
         return JSONResponse(
             {"detail": f"invalid field(s): {', '.join(fields)}", "fields": fields},
-            status.HTTP_422_UNPROCESSABLE_ENTITY,
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
         )
 
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)

@@ -30,7 +30,9 @@ class Service:
     scorer: Scorer
 
 
-def get_service(request: Request) -> Service:
+async def get_service(request: Request) -> Service:
+    # async on purpose: FastAPI runs a plain `def` dependency in its threadpool, a thread
+    # hop per request (measured: the largest single cost after the model, under load).
     service: Service = request.app.state.service
     return service
 
@@ -39,7 +41,7 @@ ServiceDep = Annotated[Service, Depends(get_service)]
 _bearer = HTTPBearer(auto_error=False)
 
 
-def require_admin(
+async def require_admin(
     service: ServiceDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> None:
     if credentials is None or not secrets.compare_digest(

@@ -49,11 +49,14 @@ class ServingModel:
         scorer.score(typical[None, :])
         return cls(version, str(loaded.metadata.get("model_type", "?")), scorer, typical)
 
-    def score_and_explain(self, vector: np.ndarray) -> tuple[float, list[str]]:
-        """The calibrated score of one vector and the features behind it (one ONNX call)."""
+    def score(self, vector: np.ndarray) -> float:
+        """The calibrated score of one vector."""
+        return float(self.scorer.score(vector[None, :])[0])
+
+    def explain(self, vector: np.ndarray) -> list[str]:
+        """The features behind the score of one vector (one ONNX call for all variants)."""
         rows, differing = reasons.occlusion_rows(vector, self.typical)
-        scores = self.scorer.score(rows)
-        return float(scores[0]), reasons.explain(vector, self.typical, scores, differing)
+        return reasons.explain(vector, self.typical, self.scorer.score(rows), differing)
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -176,6 +176,8 @@ class PredictionLog:
 
     def _replay(self) -> None:
         self._last_attempt = time.monotonic()
+        if self._producer is None and not self._reachable():
+            return  # the broker is still down: do not even read the spool
         while (oldest := self.spool.oldest()) is not None:
             segment, lines = oldest
             keyed = [(json.loads(line)["transaction_id"], line) for line in lines]
@@ -186,13 +188,21 @@ class PredictionLog:
             self._gauges()
             log.info("replayed %d spooled predictions (%d left)", len(lines), self.spool.records)
 
+    def _reachable(self) -> bool:
+        # kafka-python's constructor retries a dead bootstrap address with growing backoff
+        # for many seconds; a plain connect tells in milliseconds.
+        try:
+            socket.create_connection(kafka_clients.host_port(self.settings.kafka_bootstrap), 0.5).close()
+            return True
+        except OSError:
+            return False
+
     def _send(self, keyed: list[tuple[str, bytes]]) -> bool:
         """Send and wait for the acknowledgements; False if the broker did not take them all."""
         try:
             if self._producer is None:
-                # kafka-python's constructor retries a dead bootstrap address with growing
-                # backoff for many seconds; a plain connect tells in milliseconds.
-                socket.create_connection(kafka_clients.host_port(self.settings.kafka_bootstrap), 0.5).close()
+                if not self._reachable():
+                    raise OSError(f"nothing listens at {self.settings.kafka_bootstrap}")
                 self._producer = kafka_clients.producer(
                     self.settings, max_block_ms=1000, request_timeout_ms=3000, delivery_timeout_ms=4000
                 )

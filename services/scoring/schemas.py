@@ -28,10 +28,20 @@ class ScoreOut(BaseModel):
 class CanaryIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     percent: float = Field(
-        ge=0, le=100, description="Share of cards (sticky by card) the challenger decides."
+        ge=0, le=100, strict=True, description="Share of cards (sticky by card) the challenger decides."
     )
 
 
 class KillSwitchIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     state: Literal["on", "off"]
+
+
+class ValidationErrorOut(BaseModel):
+    """The 422 body: which fields are wrong and why."""
+
+    detail: str
+    fields: dict[str, str] = Field(description="Field path (e.g. `amount`) → what is wrong with it.")
+
+
+INVALID = {422: {"model": ValidationErrorOut, "description": "A field is invalid; `fields` names it."}}

@@ -96,11 +96,14 @@ def test_health_model_and_metrics_endpoints(client: httpx.Client, versions: dict
 
 
 def test_reasons_name_rules_and_features_in_words(client: httpx.Client, bodies: list[dict]) -> None:
-    risky = dict(bodies[1], amount=9_500.0, channel="ecommerce", device_id="d_never_seen", ip_country="KP")
+    risky = dict(bodies[1], amount=12_500.0, channel="ecommerce", device_id="d_never_seen", ip_country="KP")
     out = client.post("/v1/score", json=risky).json()
+    assert out["decision"] == "decline", out  # over the hard limit, whatever the score
+    assert out["reasons"][0] == "amount over the hard limit of 10,000"
     # The online store holds this card's later history, which serving must not see for an
     # earlier event_time: the card counts as never seen.
     assert "card never seen, online purchase over 200" in out["reasons"]
+    # Flagged decisions also name the features behind the score, with their typical value.
     assert any("typical" in reason for reason in out["reasons"]), out["reasons"]
 
 

@@ -9,10 +9,15 @@ from typing import Any
 from fastapi import APIRouter, Depends
 
 from services.scoring.deps import ServiceDep, require_admin
-from services.scoring.schemas import CanaryIn, KillSwitchIn
+from services.scoring.schemas import INVALID, CanaryIn, KillSwitchIn
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
+router = APIRouter(
+    prefix="/admin",
+    tags=["admin"],
+    dependencies=[Depends(require_admin)],
+    responses={401: {"description": "Admin token missing or wrong."}, **INVALID},
+)
 
 
 @router.post("/reload")

@@ -76,3 +76,16 @@ def test_reasons_name_the_features_that_raise_the_score() -> None:
     scores = 0.1 + 0.05 * rows[:, count_1h]
     explained = reasons.explain(vector, typical, scores, differing)
     assert explained == ["card's purchases in 1 h: 9 (typical 0; score +0.45)"]
+
+
+def test_the_decision_encodes_to_exactly_the_documented_response() -> None:
+    from dataclasses import fields
+
+    from services.scoring.schemas import ScoreOut
+    from services.scoring.scorer import Decision
+
+    assert [f.name for f in fields(Decision)] == list(ScoreOut.model_fields)
+    decision = Decision("t1", 0.25, "review", ["x"], "3", "champion", 1.5)
+    from dataclasses import asdict
+
+    assert ScoreOut.model_validate(asdict(decision)).model_dump() == asdict(decision)
