@@ -57,6 +57,9 @@ def cli(
         http="httptools",
         access_log=access_log,
         log_level="info",
+        # Longer than any client's idle time (uvicorn's default is 5 s): a client reusing a
+        # connection the server has just closed sees a spurious disconnect.
+        timeout_keep_alive=75,
     )
 
 

@@ -61,6 +61,8 @@ class CircuitBreaker:
 
     def record(self, ok: bool) -> None:
         with self._lock:
+            if self.state == "open":
+                return  # a lookup let through before it opened: its outcome is old news
             if ok:
                 self.failures = 0
                 self._set("closed")
