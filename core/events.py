@@ -9,7 +9,7 @@ from its arrow schema.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -36,7 +36,9 @@ CURRENCY_PATTERN = r"^[A-Z]{3}$"
 
 
 # The schema lists the codes (an enum) beside the pattern, so clients know what passes.
-CountryCode = Annotated[str, Field(pattern=COUNTRY_PATTERN, json_schema_extra={"enum": sorted(COUNTRIES)})]
+_COUNTRY_ENUM: dict[str, Any] = {"enum": sorted(COUNTRIES)}
+_CURRENCY_ENUM: dict[str, Any] = {"enum": sorted(CURRENCIES)}
+CountryCode = Annotated[str, Field(pattern=COUNTRY_PATTERN, json_schema_extra=_COUNTRY_ENUM)]
 
 
 def _iso_text(value: object) -> object:
@@ -72,9 +74,7 @@ class Transaction(BaseModel):
     device_id: str | None = Field(default=None, max_length=64)
     ip_country: CountryCode | None = None
     amount: float = Field(gt=0, le=1_000_000, strict=True)  # a JSON number, not "12.5"
-    currency: str = Field(
-        default="USD", pattern=CURRENCY_PATTERN, json_schema_extra={"enum": sorted(CURRENCIES)}
-    )
+    currency: str = Field(default="USD", pattern=CURRENCY_PATTERN, json_schema_extra=_CURRENCY_ENUM)
     schema_version: int = Field(default=SCHEMA_VERSION, strict=True)
 
     _text = field_validator("event_time", mode="before")(_iso_text)

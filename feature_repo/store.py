@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from feast import FeatureService, FeatureStore, RepoConfig
 from feast.errors import FeatureServiceNotFoundException
+from feast.infra.online_stores.sqlite import SqliteOnlineStore
 
 from core.dataset import DatasetError
 from core.feature_engine import CARD_VIEW, DEVICE_VIEW, MERCHANT_VIEW
@@ -128,6 +129,17 @@ class OnlineReader:
             (entity, views[view_name], key, names, at_key)
             for entity, view_name, key, names, at_key in _VIEWS_OF_THE_SERVICE
         ]
+
+    @property
+    def is_local(self) -> bool:
+        """SQLite: a read is a local file access, bounded by `limit_lock_wait`."""
+        return isinstance(self.provider.online_store, SqliteOnlineStore)
+
+    def limit_lock_wait(self, milliseconds: int) -> None:
+        """SQLite only: give up on a locked database after this long (its own default: 5 s)."""
+        store = self.provider.online_store
+        assert isinstance(store, SqliteOnlineStore), "only SQLite waits for locks"
+        store._get_conn(self.config).execute(f"PRAGMA busy_timeout = {int(milliseconds)}")
 
     def read(
         self, card_id: str, merchant_id: str | None = None, device_id: str | None = None

@@ -34,25 +34,28 @@ from services.scoring.scorer import Controls, Scorer
 log = logging.getLogger(__name__)
 
 
-def open_reader(settings: Settings) -> Reader | None:
-    """The Feast online reader, or None (logged) when the store cannot be opened."""
+def open_reader(settings: Settings) -> tuple[Reader | None, bool]:
+    """The Feast online reader and whether to read inline (local SQLite), or None (logged)."""
     no_torch.install()
     try:
         from feature_repo.store import OnlineReader, open_store
 
-        reader = OnlineReader(open_store(settings)).read
-        reader("warm-up", None, None)  # opens the connection now, not within a request's budget
-        return reader
+        reader = OnlineReader(open_store(settings))
+        reader.read("warm-up", None, None)  # opens the connection now, not within a request
+        if reader.is_local:
+            reader.limit_lock_wait(max(1, round(settings.feature_timeout_ms)))
+        return reader.read, reader.is_local
     except Exception as error:
         log.error("feature store unavailable, scoring with request-time features: %s", error)
-        return None
+        return None, False
 
 
 def build_service(settings: Settings) -> Service:
     metrics = ScoringMetrics()
     metrics.set_breaker("closed")
     breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_reset_seconds, metrics.set_breaker)
-    features = FeatureClient(open_reader(settings), settings.feature_timeout_ms / 1e3, breaker, metrics)
+    reader, inline = open_reader(settings)
+    features = FeatureClient(reader, settings.feature_timeout_ms / 1e3, breaker, metrics, inline)
     models = ModelHolder(settings, metrics)
     models.reload()
     prediction_log = PredictionLog(settings, metrics) if settings.prediction_log else None
@@ -112,7 +115,7 @@ def create_app(settings: Settings) -> FastAPI:
         service = build_service(settings)
         app.state.service = service
         if service.prediction_log is not None:
-            service.prediction_log.start()
+            await service.prediction_log.start()
         service.models.start_polling()
         # Everything loaded so far lives as long as the process: keep the collector off it,
         # so a full collection does not walk Feast's and MLflow's objects mid-request.
@@ -124,7 +127,7 @@ def create_app(settings: Settings) -> FastAPI:
         yield
         service.models.stop()
         if service.prediction_log is not None:
-            service.prediction_log.stop()
+            await service.prediction_log.stop()
         service.features.close()
 
     app = FastAPI(

@@ -1,9 +1,18 @@
 """Online features for a score request, within a time budget, behind a circuit breaker.
 
-The Feast read runs on one dedicated thread, so the event loop can stop waiting when the
-budget is spent: a slow store costs a request at most `feature_timeout_ms`, never the
-whole latency budget. One thread, because Feast's SQLite store shares one connection
-between threads, and a read takes ~0.3 ms: one thread serves thousands per second.
+How the budget (`feature_timeout_ms`) is kept depends on the store:
+
+* a network store (Redis, compose profile) is read on one dedicated thread, and the
+  event loop stops waiting when the budget is spent: a hung socket costs a request at most
+  the budget. The hand-over costs GIL switches on every read, which is fine for a store
+  that is a network hop away anyway.
+* the local SQLite store (embedded profile) is read inline on the event loop: a read is
+  ~0.2 ms of work, and the only way it stalls is a lock, which SQLite itself gives up on
+  after the budget (`PRAGMA busy_timeout`). Measured at 500 req/s on 2 cores: inline,
+  p99 4.8 ms and no fallbacks; on a thread, p99 8 ms and ~1% of reads past a 5 ms
+  budget, all of it waiting for the GIL, not for SQLite.
+
+Either way a read slower than the budget counts as a failure for the breaker.
 
 After `breaker_failures` failed lookups in a row the breaker opens: requests skip the
 store at once (and are scored with request-time features and defaults) until
@@ -80,13 +89,24 @@ class Lookup:
     seconds: float
 
 
+def _retrieve(future: asyncio.Future[Snapshots]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class FeatureClient:
     """Card, merchant and device snapshots for one request, or a reason why not."""
 
     def __init__(
-        self, reader: Reader | None, timeout_s: float, breaker: CircuitBreaker, metrics: ScoringMetrics
+        self,
+        reader: Reader | None,
+        timeout_s: float,
+        breaker: CircuitBreaker,
+        metrics: ScoringMetrics,
+        inline: bool = False,
     ) -> None:
         self.reader = reader
+        self.inline = inline
         self.timeout_s = timeout_s
         self.breaker = breaker
         self.metrics = metrics
@@ -98,15 +118,29 @@ class FeatureClient:
             outcome, snapshots = UNAVAILABLE, None
         elif not self.breaker.allow():
             outcome, snapshots = BREAKER_OPEN, None
-        else:
-            loop = asyncio.get_running_loop()
-            future = loop.run_in_executor(self._executor, self.reader, card_id, merchant_id, device_id)
+        elif self.inline:
             try:
-                snapshots = await asyncio.wait_for(future, self.timeout_s)
-                outcome = OK
+                snapshots = self._timed_read(card_id, merchant_id, device_id)
+                slow = time.perf_counter() - start > self.timeout_s
+                outcome = TIMEOUT if slow else OK  # late but here: used, and counted as slow
+            except Exception as error:  # a locked database past its busy timeout, a broken file
+                log.warning("online feature lookup failed: %s: %s", type(error).__name__, error)
+                outcome, snapshots = ERROR, None
+            self.breaker.record(outcome == OK)
+        else:
+            read = self._executor.submit(self._timed_read, card_id, merchant_id, device_id)
+            waiting = asyncio.wrap_future(read)
+            waiting.add_done_callback(_retrieve)  # a read that fails after we gave up: no warning
+            await asyncio.wait([waiting], timeout=self.timeout_s)
+            try:
+                if not read.done():
+                    # Not started (queued) or still running: give up on it. A queued read is
+                    # cancelled, so a stalled store does not pile up work on the reader.
+                    read.cancel()
+                    raise TimeoutError
+                # Done, though the loop may have woken late: a busy loop is not a slow store.
+                snapshots, outcome = read.result(), OK
             except TimeoutError:
-                # The read stays queued or running on the reader thread; wait_for cancelled
-                # it if it had not started, so a stalled store does not pile up work.
                 outcome, snapshots = TIMEOUT, None
             except Exception as error:  # any store failure: degrade, log once per kind
                 log.warning("online feature lookup failed: %s: %s", type(error).__name__, error)
@@ -114,6 +148,14 @@ class FeatureClient:
             self.breaker.record(outcome == OK)
         self.metrics.feature_lookups.labels(outcome).inc()
         return Lookup(snapshots, outcome, time.perf_counter() - start)
+
+    def _timed_read(self, card_id: str, merchant_id: str | None, device_id: str | None) -> Snapshots:
+        assert self.reader is not None
+        start = time.perf_counter()
+        try:
+            return self.reader(card_id, merchant_id, device_id)
+        finally:
+            self.metrics.feature_read_seconds.observe(time.perf_counter() - start)
 
     def reachable(self) -> bool:
         """For /readyz: a reader exists and the breaker lets lookups through."""

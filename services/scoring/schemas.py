@@ -6,7 +6,7 @@ service accepts exactly what the gateway publishes to Kafka.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -44,4 +44,6 @@ class ValidationErrorOut(BaseModel):
     fields: dict[str, str] = Field(description="Field path (e.g. `amount`) → what is wrong with it.")
 
 
-INVALID = {422: {"model": ValidationErrorOut, "description": "A field is invalid; `fields` names it."}}
+INVALID: dict[int | str, dict[str, Any]] = {
+    422: {"model": ValidationErrorOut, "description": "A field is invalid; `fields` names it."}
+}

@@ -27,7 +27,7 @@ from models.costs import APPROVE, decide
 from monitoring.metrics import ScoringMetrics
 from services.scoring.features import OK, FeatureClient
 from services.scoring.models import ModelHolder, ServingModel
-from services.scoring.prediction_log import PendingRecord, PredictionLog
+from services.scoring.prediction_log import PredictionLog
 from services.scoring.rules import Rules, stricter
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,6 @@ class Scorer:
             self._log(
                 txn,
                 features,
-                vector,
                 score,
                 decision,
                 served_by,
@@ -186,7 +185,6 @@ class Scorer:
         self,
         txn: Transaction,
         features: dict[str, float],
-        vector: np.ndarray,
         score: float,
         decision: str,
         served_by: str,
@@ -210,7 +208,7 @@ class Scorer:
             "features": features,
             "latency_ms": latency,
         }
-        # Shadow: the challenger scores the same vector, off the hot path, unless it decided.
-        shadow = challenger if challenger is not None and challenger is not model else None
+        # Shadow: the challenger scores the same vector in the writer process, unless it decided.
+        shadow = challenger.version if challenger is not None and challenger is not model else None
         assert self.prediction_log is not None
-        self.prediction_log.submit(PendingRecord(record, vector, shadow))
+        self.prediction_log.submit(record, shadow)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -182,37 +183,104 @@ def test_kill_switch_and_canary_change_who_decides(
         client.post("/admin/canary", json={"percent": 0}, headers=ADMIN)
 
 
-def test_a_stalled_feature_store_degrades_then_recovers(base: Settings, bodies: list[dict]) -> None:
+def _assert_degrades_then_recovers(
+    client: httpx.Client, bodies: list[dict], settings: Settings, fault: str, break_store, mend_store
+) -> None:
+    assert client.post("/v1/score", json=bodies[3]).json()["served_by"] == "champion"
+    break_store()
+    try:
+        outs = [client.post("/v1/score", json=body) for body in bodies[4:10]]
+        assert all(r.status_code == 200 for r in outs)
+        decided = [r.json() for r in outs]
+        assert all(d["served_by"] == "fallback" and d["model_version"] is not None for d in decided)
+        assert all(d["latency_ms"] < 200 for d in decided), [d["latency_ms"] for d in decided]
+        kinds = {reason for d in decided for reason in d["reasons"] if reason.startswith("feature store")}
+        assert kinds >= {f"feature store {fault}: scored with request-time features",
+                         "feature store breaker open: scored with request-time features"}  # fmt: skip
+        assert client.get("/readyz").status_code == 503
+        metrics = _metrics(client)
+        assert metrics["fraud_feature_breaker_state{}"] == 2
+        assert metrics["fraud_fallbacks_total{reason=features_breaker_open}"] >= 1
+    finally:
+        mend_store()
+    time.sleep(settings.breaker_reset_seconds + 0.2)
+    deadline = time.monotonic() + 10
+    while client.post("/v1/score", json=bodies[11]).json()["served_by"] != "champion":
+        assert time.monotonic() < deadline, "the breaker never closed again"
+        time.sleep(0.5)
+    assert client.get("/readyz").status_code == 200
+
+
+def test_a_broken_sqlite_store_degrades_then_recovers(base: Settings, bodies: list[dict]) -> None:
+    # Embedded profile: SQLite is read inline. A real fault: the card view's table vanishes
+    # under the running service (renamed by another connection), and comes back.
     settings = service_settings(base, feature_timeout_ms=20, breaker_failures=3, breaker_reset_seconds=1.0)
+    table = f"{settings.feast_project}_card_velocity"
+    db = sqlite3.connect(settings.feast_dir / "online.db", isolation_level=None)
     with running_service(settings) as client:
-        assert client.post("/v1/score", json=bodies[3]).json()["served_by"] == "champion"
-        # A writer holding an exclusive lock: every read of the online store waits (a real
-        # stall of SQLite, not a fake), until the lock is released.
-        lock = sqlite3.connect(settings.feast_dir / "online.db", timeout=1, isolation_level=None)
-        lock.execute("BEGIN EXCLUSIVE")
-        try:
-            outs = [client.post("/v1/score", json=body) for body in bodies[4:10]]
-            assert all(r.status_code == 200 for r in outs)
-            decided = [r.json() for r in outs]
-            assert all(d["served_by"] == "fallback" and d["model_version"] is not None for d in decided)
-            assert all(d["latency_ms"] < 200 for d in decided), [d["latency_ms"] for d in decided]
-            kinds = {reason for d in decided for reason in d["reasons"] if reason.startswith("feature store")}
-            assert kinds >= {"feature store timeout: scored with request-time features",
-                             "feature store breaker open: scored with request-time features"}  # fmt: skip
-            assert client.get("/readyz").status_code == 503
-            metrics = _metrics(client)
-            assert metrics["fraud_feature_breaker_state{}"] == 2
-            assert metrics["fraud_fallbacks_total{reason=features_breaker_open}"] >= 1
-        finally:
-            lock.execute("ROLLBACK")
-            lock.close()
-        time.sleep(settings.breaker_reset_seconds + 0.2)
-        # The half-open probe may still find the reader busy with the stalled reads; retry.
-        deadline = time.monotonic() + 10
-        while client.post("/v1/score", json=bodies[11]).json()["served_by"] != "champion":
-            assert time.monotonic() < deadline, "the breaker never closed again"
-            time.sleep(0.5)
-        assert client.get("/readyz").status_code == 200
+        _assert_degrades_then_recovers(
+            client,
+            bodies,
+            settings,
+            "error",
+            lambda: db.execute(f"ALTER TABLE {table} RENAME TO {table}_away"),
+            lambda: db.execute(f"ALTER TABLE {table}_away RENAME TO {table}"),
+        )
+    db.close()
+
+
+class PausableProxy:
+    """A TCP proxy to Redis that can stop forwarding: a real network stall, on demand."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.flowing = threading.Event()
+        self.flowing.set()
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
+        while data := source.recv(65536):
+            self.flowing.wait()  # paused: hold the bytes, answer nothing
+            sink.sendall(data)
+
+    def close(self) -> None:
+        self.server.close()
+
+
+@pytest.mark.redis
+def test_a_stalled_redis_store_degrades_then_recovers(
+    base: Settings, redis_settings: Settings, bodies: list[dict]
+) -> None:
+    # Compose profile: Redis is read on a thread within the budget. A real fault: the network
+    # path to Redis stops carrying bytes (a paused proxy), then carries them again.
+    proxy = PausableProxy(("127.0.0.1", 6379))
+    settings = service_settings(
+        base,
+        profile="compose",
+        redis_url=f"127.0.0.1:{proxy.port}",
+        feature_timeout_ms=50,
+        breaker_failures=3,
+        breaker_reset_seconds=1.0,
+    )
+    try:
+        with running_service(settings) as client:
+            _assert_degrades_then_recovers(
+                client, bodies, settings, "timeout", proxy.flowing.clear, proxy.flowing.set
+            )
+    finally:
+        proxy.close()
 
 
 def test_a_corrupted_model_file_leaves_rules_only(

@@ -9,7 +9,7 @@ import numpy as np
 from core.features import MODEL_FEATURES
 from services.scoring import reasons
 from services.scoring.features import CircuitBreaker
-from services.scoring.prediction_log import Spool
+from services.scoring.prediction_writer import Spool
 from services.scoring.scorer import in_canary
 
 
@@ -46,7 +46,7 @@ def test_breaker_opens_after_failures_and_one_probe_closes_it() -> None:
 
 
 def test_spool_keeps_order_across_segments_and_respects_its_cap(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr("services.scoring.prediction_log.SEGMENT_BYTES", 64)
+    monkeypatch.setattr("services.scoring.prediction_writer.SEGMENT_BYTES", 64)
     spool = Spool(tmp_path, max_bytes=10_000)
     lines = [f'{{"transaction_id":"t{i:03d}"}}'.encode() for i in range(20)]
     for i in range(0, 20, 4):
