@@ -18,7 +18,6 @@ from typing import Any
 from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.settings import Settings
 from monitoring.metrics import ScoringMetrics
@@ -64,46 +63,6 @@ def build_service(settings: Settings) -> Service:
     return Service(settings, metrics, features, models, prediction_log, controls, scorer)
 
 
-class BodySizeLimit:
-    """413 for a body over the limit, whether it declares its length or streams it."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await _too_large(self.max_bytes)(scope, receive, send)
-            return
-        received = 0
-
-        async def limited() -> Message:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_bytes:
-                raise _BodyTooLarge
-            return message
-
-        try:
-            await self.app(scope, limited, send)
-        except _BodyTooLarge:
-            await _too_large(self.max_bytes)(scope, receive, send)
-
-
-class _BodyTooLarge(Exception):
-    pass
-
-
-def _too_large(max_bytes: int) -> JSONResponse:
-    return JSONResponse(
-        {"detail": f"request body over {max_bytes} bytes"}, status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
-    )
-
-
 def _field(location: tuple[Any, ...]) -> str:
     parts = [str(p) for p in location if p != "body"]
     return ".".join(parts) or "body"
@@ -135,6 +94,7 @@ def create_app(settings: Settings) -> FastAPI:
         version="1",
         description="Real-time card-fraud decisions: online features, rules, ONNX model, decision bands.",
         lifespan=lifespan,
+        max_body_size=settings.max_body_bytes,  # 413 past it, declared length or streamed
     )
     app.include_router(score.router)
     app.include_router(health.router)
@@ -149,5 +109,4 @@ def create_app(settings: Settings) -> FastAPI:
             status.HTTP_422_UNPROCESSABLE_CONTENT,
         )
 
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app
