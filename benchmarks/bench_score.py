@@ -23,13 +23,13 @@ from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
-from services.loadtest import ramp, run_load, transaction_pool
 
 from core.settings import PROJECT_ROOT, Settings
 from models import registry
 from pipelines import simulate
 from pipelines.broker import EmbeddedBroker
 from pipelines.train import LIGHTGBM, MLP, TrainRequest, train
+from services.loadtest import ramp, run_load, transaction_pool
 from services.serve import free_port, start_in_background
 
 BENCH_DIR = PROJECT_ROOT / "var" / "bench" / "score"

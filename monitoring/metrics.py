@@ -1,6 +1,7 @@
-"""Every metric of the scoring service, in one place, named `fraud_<what>_<unit>`.
+"""Every metric of the system, in one place, named `fraud_<what>_<unit>`: the scoring
+service's (`ScoringMetrics`) and the stream processor's (`StreamMetrics`).
 
-Each service instance owns a `CollectorRegistry` (not the process-wide default), so tests
+Each service or processor instance owns a `CollectorRegistry` (not the process-wide default), so tests
 can build several apps in one process and scrape each one's `/metrics` on its own.
 Labels are few and bounded: decision (3), served_by (4), stage (3), fallback reason (a
 handful); never a card or a transaction id.
@@ -132,3 +133,50 @@ class PredictionLogCollector(Collector):
             "Records in the service, not yet handed to the writer process.",
             value=counts["pending"],
         )
+
+
+# Fine buckets below a second: the freshness SLO is p99 ≤ 1 s.
+_FRESHNESS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0)
+
+
+class StreamMetrics:
+    """The processor's Prometheus metrics, in a registry of its own (two processors, one test)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.consumed = Counter(
+            "fraud_stream_messages_consumed", "Records consumed, by topic.", ["topic"], registry=r
+        )
+        self.outcomes = Counter(
+            "fraud_stream_events",
+            "What became of each consumed transaction or label.",
+            ["kind", "outcome"],
+            registry=r,
+        )
+        self.rows_written = Counter(
+            "fraud_stream_feature_rows_written",
+            "Feature rows written, by view and store.",
+            ["view", "store"],
+            registry=r,
+        )
+        self.online_write_seconds = Histogram(
+            "fraud_stream_online_write_seconds",
+            "Time to write one micro-batch's feature rows to the online store.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=r,
+        )
+        self.freshness = Histogram(
+            "fraud_stream_feature_freshness_seconds",
+            "From a transaction's publish time to its features being readable online.",
+            ["view"],
+            buckets=_FRESHNESS_BUCKETS,
+            registry=r,
+        )
+        self.lag = Gauge(
+            "fraud_stream_consumer_lag",
+            "Records behind the partition's end.",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.assigned = Gauge("fraud_stream_assigned_partitions", "Partitions owned now.", registry=r)

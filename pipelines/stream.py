@@ -34,13 +34,14 @@ import typer
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.coordinator.assignors.range import RangePartitionAssignor
 from kafka.structs import OffsetAndMetadata
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import start_http_server
 from rich.console import Console
 from rich.table import Table
 
 from core.events import DEAD_LETTER_TOPIC, LABELS_TOPIC, TRANSACTIONS_TOPIC
 from core.feature_engine import CARD_VIEW, DEVICE_VIEW, Sink
 from core.settings import Settings, get_settings
+from monitoring.metrics import StreamMetrics
 from pipelines import kafka_clients
 from pipelines.stream_tasks import (
     DEVICE_EVENTS_TOPIC,
@@ -64,52 +65,6 @@ INPUT_TOPICS = (
     DEVICE_EVENTS_TOPIC,
 )
 GROUP_ID = "fraud-stream"
-
-# Fine buckets below a second: the freshness SLO is p99 ≤ 1 s.
-_FRESHNESS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0)
-
-
-class StreamMetrics:
-    """The processor's Prometheus metrics, in a registry of its own (two processors, one test)."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self.consumed = Counter(
-            "fraud_stream_messages_consumed", "Records consumed, by topic.", ["topic"], registry=r
-        )
-        self.outcomes = Counter(
-            "fraud_stream_events",
-            "What became of each consumed transaction or label.",
-            ["kind", "outcome"],
-            registry=r,
-        )
-        self.rows_written = Counter(
-            "fraud_stream_feature_rows_written",
-            "Feature rows written, by view and store.",
-            ["view", "store"],
-            registry=r,
-        )
-        self.online_write_seconds = Histogram(
-            "fraud_stream_online_write_seconds",
-            "Time to write one micro-batch's feature rows to the online store.",
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
-            registry=r,
-        )
-        self.freshness = Histogram(
-            "fraud_stream_feature_freshness_seconds",
-            "From a transaction's publish time to its features being readable online.",
-            ["view"],
-            buckets=_FRESHNESS_BUCKETS,
-            registry=r,
-        )
-        self.lag = Gauge(
-            "fraud_stream_consumer_lag",
-            "Records behind the partition's end.",
-            ["topic", "partition"],
-            registry=r,
-        )
-        self.assigned = Gauge("fraud_stream_assigned_partitions", "Partitions owned now.", registry=r)
 
 
 @dataclass
