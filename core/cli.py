@@ -91,8 +91,8 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug l
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    # Feast logs every registry refresh and kafka-python every connection at INFO.
-    for chatty in ("feast", "kafka"):
+    # Feast logs every registry refresh, kafka-python every connection, httpx every request at INFO.
+    for chatty in ("feast", "kafka", "httpx"):
         logging.getLogger(chatty).setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from feast.feature_view import FeatureView
@@ -92,6 +92,55 @@ class BatchedSqliteOnlineStore(SqliteOnlineStore):
             conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
             return conn
         return self._conn
+
+    def online_read(
+        self,
+        config: RepoConfig,
+        table: FeatureView,
+        entity_keys: list[EntityKeyProto],
+        requested_features: list[str] | None = None,
+    ) -> list[tuple[datetime | None, dict[str, ValueProto] | None]]:
+        """Feast's read, with the event timestamp parsed once per entity, not once per feature.
+
+        The same query and the same answers as `SqliteOnlineStore.online_read` (which parses
+        the timestamp of every feature row through sqlite3's converter, a third of a card
+        read); the entity's timestamp is the last row's, as there. `test_online_store`
+        holds the two stores' reads equal.
+        """
+        online = config.online_store
+        if online.vector_enabled or getattr(online, "enable_openai_compatible_store", False):
+            return super().online_read(config, table, entity_keys, requested_features)
+        version = config.entity_key_serialization_version
+        keys = [serialize_entity_key(key, entity_key_serialization_version=version) for key in entity_keys]
+        name = _quote_id(
+            _table_id(config.project, table, config.registry.enable_online_feature_view_versioning)
+        )
+        rows = (
+            self._get_conn(config)
+            .execute(
+                # CAST: an expression has no declared type, so no converter runs on it.
+                f"SELECT entity_key, feature_name, value, CAST(event_ts AS INTEGER) FROM {name} "
+                f"WHERE entity_key IN ({','.join('?' * len(keys))}) ORDER BY entity_key",
+                keys,
+            )
+            .fetchall()
+        )
+        found: dict[bytes, tuple[int, dict[str, ValueProto]]] = {}
+        for key, feature, blob, ts in rows:
+            value = ValueProto()
+            value.ParseFromString(blob)
+            features = found[key][1] if key in found else {}
+            features[feature] = value
+            found[key] = (ts, features)
+        result: list[tuple[datetime | None, dict[str, ValueProto] | None]] = []
+        for key in keys:
+            if key not in found:
+                result.append((None, None))
+                continue
+            ts, features = found[key]
+            # What Feast's converter and read make of it: local-time naive, then tagged UTC.
+            result.append((datetime.fromtimestamp(int(ts)).replace(tzinfo=UTC), features))
+        return result
 
     def online_write_batch(
         self,

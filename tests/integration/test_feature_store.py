@@ -20,7 +20,7 @@ from core.features import CARD_FEATURES, DEVICE_FEATURES, MERCHANT_FEATURES, MOD
 from core.settings import Settings
 from feature_repo.data_sources import offline_dir_of
 from feature_repo.feature_services import FRAUD_SCORING_SERVICE
-from feature_repo.store import open_store, read_online
+from feature_repo.store import OnlineReader, open_store, read_online
 from pipelines.backfill import backfill, compute_snapshots
 from pipelines.training_data import build_training_frame
 
@@ -48,15 +48,22 @@ def _check_online_equals_latest_snapshots(settings: Settings, data: Path) -> Non
     names = {"card": CARD_FEATURES, "merchant": MERCHANT_FEATURES, "device": DEVICE_FEATURES}
     # Merchants with a non-zero fraud rate first, so the label-driven values are compared too.
     merchants = latest["merchant"].sort_values("merchant_fraud_count_28d_lag7d", ascending=False).index
+    reader = OnlineReader(store)  # the scoring service's read: same answers, less planning
     for i, card_id in enumerate(latest["card"].index[:25]):
         merchant_id = merchants[i % len(merchants)]
         device_id = latest["device"].index[i % len(latest["device"])]
         online = read_online(store, card_id, merchant_id, device_id)
+        assert reader.read(card_id, merchant_id, device_id) == online
         for entity, entity_id in (("card", card_id), ("merchant", merchant_id), ("device", device_id)):
             for name in names[entity]:
                 expected = latest[entity].loc[entity_id, name]
                 assert _same(online[entity][name], expected), (entity, entity_id, name)
     assert read_online(store, "no-such-card")["card"] is None
+    assert reader.read("no-such-card", "no-such-merchant", "no-such-device") == {
+        "card": None,
+        "merchant": None,
+        "device": None,
+    }
 
 
 def test_embedded_backfill_materializes_latest_snapshots(

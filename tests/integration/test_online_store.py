@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 import yaml
 from feast import FeatureStore, RepoConfig
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+from feast.protos.feast.types.Value_pb2 import Value
 
 from core.dataset import read_labels, read_transactions
 from core.feature_engine import CARD_VIEW, DEVICE_VIEW, MERCHANT_VIEW, FeatureEngine
@@ -150,6 +152,18 @@ def test_batched_store_equals_stock_store(batches: list[dict[str, list[Row]]], t
     ]
     assert answers[0] == answers[1]
     assert answers[0]["card_last_txn_at_us"][-1] is None
+    # The batched store's own online_read: same timestamps, same values, entity by entity.
+    join_keys = dict(zip(VIEWS, ("card_id", "merchant_id", "device_id"), strict=True))
+    for view in VIEWS:
+        keys = [
+            EntityKey(join_keys=[join_keys[view]], entity_values=[Value(string_val=entity)])
+            for entity in [*sorted(latest[view]), "no-such-entity"]
+        ]
+        reads = [
+            store._get_provider().online_read(store.config, views[view], keys) for store in (stock, batched)
+        ]
+        assert reads[0] == reads[1], view
+        assert reads[0][-1] == (None, None) and reads[0][0][0] is not None
 
 
 def test_batched_store_is_in_wal_mode_and_writes_past_an_open_reader(
