@@ -14,17 +14,20 @@ import lightgbm as lgb
 import numpy as np
 
 MAX_ROUNDS = 1_000
+# Strong regularisation (min_child_samples 200, reg_lambda 10): training windows hold a few
+# hundred known frauds, and looser trees memorise them. Chosen on *validation* AP, 5 seeds,
+# the demo's 42-day data: 0.251 ± 0.039 against 0.201 ± 0.059 for (100, 1.0).
 EARLY_STOPPING_ROUNDS = 50
 
 DEFAULT_PARAMS: dict[str, Any] = {
     "objective": "binary",
     "learning_rate": 0.05,
     "num_leaves": 15,
-    "min_child_samples": 100,
+    "min_child_samples": 200,
     "subsample": 0.8,
     "subsample_freq": 1,
     "colsample_bytree": 0.8,
-    "reg_lambda": 1.0,
+    "reg_lambda": 10.0,
     "deterministic": True,
     "force_row_wise": True,  # with `deterministic`: the same trees on every run
     "verbose": -1,

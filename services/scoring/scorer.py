@@ -113,19 +113,20 @@ class Scorer:
         score, decision = rules.score, rules.rules_only_decision()
         if model is not None:
             try:
-                score = model.score(vector)
-                decision = stricter(rules.floor, str(decide(np.array([score]), model.scorer.thresholds)[0]))
-                if decision != APPROVE:
-                    # What a reviewer reads; approvals (~97%) skip the ~30-row occlusion batch.
-                    reasons += model.explain(vector)
+                model_score = model.score(vector)
+                banded = str(decide(np.array([model_score]), model.scorer.thresholds)[0])
+                model_decision = stricter(rules.floor, banded)
+                # What a reviewer reads; approvals (~97%) skip the ~30-row occlusion batch.
+                explained = model.explain(vector) if model_decision != APPROVE else []
             except Exception as error:  # a model that cannot run must not fail the request
                 log.error("model %s failed: %s", model.version, error)
                 degraded.append("model_error")
                 reasons.append("model failed: rules only")
                 model = None
-        if model is None and served_by != KILL_SWITCH:
-            served_by = FALLBACK
-        elif degraded and served_by != KILL_SWITCH:
+            else:
+                score, decision = model_score, model_decision
+                reasons += explained
+        if served_by != KILL_SWITCH and (model is None or degraded):
             served_by = FALLBACK
         if served_by == KILL_SWITCH:
             reasons.append("kill switch on: rules only")
