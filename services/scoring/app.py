@@ -74,7 +74,8 @@ def create_app(settings: Settings) -> FastAPI:
         service = build_service(settings)
         app.state.service = service
         if service.prediction_log is not None:
-            await service.prediction_log.start()
+            challenger = service.models.current.challenger
+            await service.prediction_log.start(challenger.version if challenger else None)
         service.models.start_polling()
         # Everything loaded so far lives as long as the process: keep the collector off it,
         # so a full collection does not walk Feast's and MLflow's objects mid-request.

@@ -70,10 +70,15 @@ class PredictionLog:
             self.dropped += len(batch)
             log.error("prediction writer not keeping up: dropped %d records", len(batch))
 
-    def _start_writer(self) -> None:
+    @property
+    def ready(self) -> bool:
+        """The writer has started and loaded the challenger (its imports take seconds)."""
+        return bool(self.stats[writer.READY])
+
+    def _start_writer(self, challenger: str | None = None) -> None:
         self.process = self._context.Process(
             target=writer.run_writer,
-            args=(self.settings, self.batches, self.stats),
+            args=(self.settings, self.batches, self.stats, challenger),
             name="prediction-writer",
             daemon=True,
         )
@@ -87,8 +92,8 @@ class PredictionLog:
                 log.error("prediction writer exited (%s): restarting it", self.process.exitcode)
                 self._start_writer()
 
-    async def start(self) -> None:
-        self._start_writer()
+    async def start(self, challenger: str | None = None) -> None:
+        self._start_writer(challenger)
         self._flusher = asyncio.get_running_loop().create_task(self._flush_forever())
 
     async def stop(self, timeout_s: float = 15.0) -> None:

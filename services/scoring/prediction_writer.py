@@ -38,8 +38,8 @@ SEGMENT_BYTES = 4 * 1024 * 1024
 SEND_TIMEOUT_S = 5.0
 RETRY_EVERY_S = 1.0
 # Slots of the shared stats array the parent reads for /metrics.
-SENT, SPOOLED, REPLAYED, DROPPED, SPOOL_RECORDS, SPOOL_BYTES = range(6)
-STATS_SLOTS = 6
+SENT, SPOOLED, REPLAYED, DROPPED, SPOOL_RECORDS, SPOOL_BYTES, READY = range(7)
+STATS_SLOTS = 7
 
 
 class Spool:
@@ -219,8 +219,12 @@ class PredictionWriter:
         return True
 
 
-def run_writer(settings: Settings, batches: Any, stats: Any) -> None:
-    """Entry point of the writer process."""
+def run_writer(settings: Settings, batches: Any, stats: Any, challenger: str | None) -> None:
+    """Entry point of the writer process: load what it needs, say it is ready, then write."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.CRITICAL)  # it logs every refused reconnect
-    PredictionWriter(settings, stats).run(batches)
+    writer = PredictionWriter(settings, stats)
+    if challenger is not None:
+        writer._challenger(challenger)  # now, not on the first batch under load
+    stats[READY] = 1
+    writer.run(batches)

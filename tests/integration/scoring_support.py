@@ -75,6 +75,10 @@ def running_service(settings: Settings, timeout_s: float = 60.0) -> Iterator[htt
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            # The prediction writer imports and loads for a few seconds; tests start after it.
+            while "prediction writer starting" in client.get("/readyz").json()["problems"]:
+                assert time.monotonic() < deadline, "the prediction writer did not start in time"
+                time.sleep(0.1)
             yield client
     finally:
         server.should_exit = True

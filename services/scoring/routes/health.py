@@ -21,12 +21,14 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(service: ServiceDep, response: Response) -> dict[str, Any]:
-    """Ready when a champion is loaded and the feature store answers; 503 with the reasons if not."""
+    """Ready: a champion loaded, the feature store answering, the prediction writer up; else 503."""
     problems = []
     if service.models.current.champion is None:
         problems.append(service.models.current.errors.get("champion", "no champion loaded"))
     if not service.features.reachable():
         problems.append(f"feature store not reachable (breaker {service.features.breaker.state})")
+    if service.prediction_log is not None and not service.prediction_log.ready:
+        problems.append("prediction writer starting")
     if problems:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     return {"ready": not problems, "problems": problems}
