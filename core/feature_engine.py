@@ -166,6 +166,13 @@ class MerchantFeatures:
         if event_us < self.day * DAY - LATENESS_ALLOWED:
             self.late_beyond_correction += 1  # older snapshots keep what they said
         day_start = self.day * DAY
+        state.forget_before(day_start)
+        if state.is_empty:
+            # The event lies outside every window of the latest snapshot: nothing to correct,
+            # and the merchant stays forgotten, as in a run that saw the event in time (an
+            # event from a partition far behind the others would otherwise add a row).
+            del self.merchants[merchant_id]
+            return
         self.sink(MERCHANT_VIEW, merchant_id, day_start, merchant_snapshot(state, day_start))
 
 

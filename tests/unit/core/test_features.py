@@ -885,3 +885,22 @@ def test_changing_the_future_never_changes_a_vector(
     ]
     rewritten, new_labels = future_rewritten(txns, labels, cut, extra)
     assert vector_of(rewritten, new_labels, cut) == original[k]
+
+
+def test_a_late_event_outside_every_window_adds_no_merchant_row() -> None:
+    from core.feature_engine import MerchantFeatures
+    from core.features import DAY
+
+    rows: list[tuple[str, int]] = []
+    merchants = MerchantFeatures(sink=lambda view, entity, t, snapshot: rows.append((entity, t)))
+    merchants.add_transaction("t1", "m1", 1 * DAY)
+    merchants.advance_to(60 * DAY)  # m1's windows are long past: its last row, then forgotten
+    last = max(t for _, t in rows)
+    assert "m1" not in merchants.merchants
+    # Another partition, far behind, delivers an old transaction of m1 now.
+    merchants.add_transaction("t0", "m1", 1 * DAY + 10)
+    assert max(t for _, t in rows) == last and "m1" not in merchants.merchants
+    assert merchants.late_beyond_correction == 1
+    # A late event that the latest snapshot does count is still corrected.
+    merchants.add_transaction("t2", "m2", 60 * DAY - 10)
+    assert rows[-1] == ("m2", 60 * DAY)
