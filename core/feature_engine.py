@@ -131,9 +131,10 @@ class MerchantFeatures:
             for merchant_id in sorted(self.merchants):
                 state = self.merchants[merchant_id]
                 state.forget_before(day_start)
+                # Emitted even when nothing is left in any window: a merchant is never
+                # forgotten, so when its rows stop cannot depend on the order events arrive
+                # in (the stream's partitions run at different speeds; the backfill's don't).
                 self.sink(MERCHANT_VIEW, merchant_id, day_start, merchant_snapshot(state, day_start))
-                if state.is_empty:
-                    del self.merchants[merchant_id]  # nothing left in any window
             cutoff = day_start - _TXN_MEMORY
             for txn_id in [i for i, t in self.seen.items() if t <= cutoff]:
                 del self.seen[txn_id]
@@ -166,13 +167,6 @@ class MerchantFeatures:
         if event_us < self.day * DAY - LATENESS_ALLOWED:
             self.late_beyond_correction += 1  # older snapshots keep what they said
         day_start = self.day * DAY
-        state.forget_before(day_start)
-        if state.is_empty:
-            # The event lies outside every window of the latest snapshot: nothing to correct,
-            # and the merchant stays forgotten, as in a run that saw the event in time (an
-            # event from a partition far behind the others would otherwise add a row).
-            del self.merchants[merchant_id]
-            return
         self.sink(MERCHANT_VIEW, merchant_id, day_start, merchant_snapshot(state, day_start))
 
 

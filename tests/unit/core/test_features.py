@@ -887,20 +887,27 @@ def test_changing_the_future_never_changes_a_vector(
     assert vector_of(rewritten, new_labels, cut) == original[k]
 
 
-def test_a_late_event_outside_every_window_adds_no_merchant_row() -> None:
+def test_merchant_rows_do_not_depend_on_arrival_order() -> None:
     from core.feature_engine import MerchantFeatures
     from core.features import DAY
 
-    rows: list[tuple[str, int]] = []
-    merchants = MerchantFeatures(sink=lambda view, entity, t, snapshot: rows.append((entity, t)))
-    merchants.add_transaction("t1", "m1", 1 * DAY)
-    merchants.advance_to(60 * DAY)  # m1's windows are long past: its last row, then forgotten
-    last = max(t for _, t in rows)
-    assert "m1" not in merchants.merchants
-    # Another partition, far behind, delivers an old transaction of m1 now.
-    merchants.add_transaction("t0", "m1", 1 * DAY + 10)
-    assert max(t for _, t in rows) == last and "m1" not in merchants.merchants
-    assert merchants.late_beyond_correction == 1
-    # A late event that the latest snapshot does count is still corrected.
-    merchants.add_transaction("t2", "m2", 60 * DAY - 10)
-    assert rows[-1] == ("m2", 60 * DAY)
+    def run(order: list[tuple[str, str, int]]) -> dict[str, tuple[int, dict]]:
+        latest: dict[str, tuple[int, dict]] = {}
+
+        def sink(view: str, entity: str, t: int, snapshot: dict) -> None:
+            if entity not in latest or t >= latest[entity][0]:
+                latest[entity] = (t, snapshot)
+
+        merchants = MerchantFeatures(sink=sink)
+        for txn_id, merchant_id, time_us in order:
+            merchants.advance_to(time_us)
+            merchants.add_transaction(txn_id, merchant_id, time_us)
+        merchants.advance_to(60 * DAY)
+        return latest
+
+    events = [("t1", "m1", 1 * DAY), ("t2", "m2", 2 * DAY), ("t3", "m2", 50 * DAY)]
+    in_time = run(events)
+    # Another partition, far ahead, moved the clock before m1's transaction arrived.
+    late = run([events[1], events[2], events[0]])
+    assert late == in_time
+    assert in_time["m1"][0] == 60 * DAY  # a merchant's rows go on, empty windows and all
