@@ -186,6 +186,7 @@ def ramp(
     max_rps: float = 50_000.0,
     transactions: TransactionPool | None = None,
     on_step: Callable[[LoadResult], None] | None = None,
+    attempts: int = 1,
     **run_options: Any,
 ) -> RampResult:
     """Raise the rate step by step until a step misses the SLO; the last passing rate is the answer.
@@ -195,6 +196,8 @@ def ramp(
 
     Args:
         on_step: Called with each step's result as it finishes (progress, logging).
+        attempts: Runs a rate may take to meet the SLO before the ramp stops (a shared
+            machine now and then stalls a short step); every run is reported.
         run_options: Passed to `run_load` (max_connections, timeout_s, progress).
 
     Raises:
@@ -204,18 +207,30 @@ def ramp(
         raise ValueError(f"--ramp-factor must be > 1 (or give --ramp-step), got {factor}")
     if step_rps is not None and step_rps <= 0:
         raise ValueError(f"--ramp-step must be positive, got {step_rps}")
+    if attempts < 1:
+        raise ValueError(f"attempts must be at least 1, got {attempts}")
     if not 0 < start_rps <= max_rps:
         raise ValueError(f"the ramp must start at a rate in (0, --ramp-max = {max_rps:g}], got {start_rps:g}")
     pool = transactions if transactions is not None else transaction_pool()
     steps: list[LoadResult] = []
     best, rate = None, start_rps
     while rate <= max_rps:
-        step = run_load(
-            url, rate, duration_s, warmup_s, slo_p99_ms, pool, label=f"ramp {rate:,.0f} req/s", **run_options
-        )
-        steps.append(step)
-        if on_step is not None:
-            on_step(step)
+        for _ in range(attempts):
+            step = run_load(
+                url,
+                rate,
+                duration_s,
+                warmup_s,
+                slo_p99_ms,
+                pool,
+                label=f"ramp {rate:,.0f} req/s",
+                **run_options,
+            )
+            steps.append(step)
+            if on_step is not None:
+                on_step(step)
+            if step.slo_met:
+                break
         if not step.slo_met:
             break
         best = rate
