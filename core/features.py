@@ -377,6 +377,18 @@ def _fresh(snapshot: Snapshot | None, at_key: str, as_of: int, ttl: int) -> Snap
     return snapshot if as_of - ttl <= snapshot[at_key] <= as_of else None
 
 
+def fresh_snapshots(
+    time_us: int, card: Snapshot | None, merchant: Snapshot | None, device: Snapshot | None
+) -> tuple[Snapshot | None, Snapshot | None, Snapshot | None]:
+    """The snapshots a transaction at ``time_us`` may use: None where absent, later or expired."""
+    as_of = time_us - AS_OF_OFFSET
+    return (
+        _fresh(card, "card_last_txn_at_us", as_of, CARD_TTL),
+        _fresh(merchant, "merchant_snapshot_at_us", as_of, MERCHANT_TTL),
+        _fresh(device, "device_last_txn_at_us", as_of, DEVICE_TTL),
+    )
+
+
 def _last_seen(names: Sequence[str] | None, times: Sequence[int] | None, key: str | None) -> int | None:
     # Lists arrive as Python lists (online) or numpy arrays (offline parquet).
     if key is None or names is None or times is None or len(names) == 0:
@@ -402,10 +414,7 @@ def model_vector(
         zeros, "new" for device/country, and 30 days since the previous transaction.
     """
     t = txn.time_us
-    as_of = t - AS_OF_OFFSET
-    card = _fresh(card, "card_last_txn_at_us", as_of, CARD_TTL)
-    merchant = _fresh(merchant, "merchant_snapshot_at_us", as_of, MERCHANT_TTL)
-    device = _fresh(device, "device_last_txn_at_us", as_of, DEVICE_TTL)
+    card, merchant, device = fresh_snapshots(t, card, merchant, device)
 
     seconds = t // SECOND
     hour = (seconds // 3600) % 24

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from core.settings import Settings
 
 if TYPE_CHECKING:
+    import pandas as pd
     from mlflow import MlflowClient
 
 MODEL_NAME = "fraud-detector"
@@ -217,3 +218,37 @@ def load_version(settings: Settings, alias: str = CHAMPION, version: str | None 
     # ONNX Runtime refuses external data for a model given as bytes.
     onnx_bytes = onnx.load_model(str(onnx_files[0])).SerializeToString()
     return LoadedModel(number, onnx_bytes, metadata, folder)
+
+
+def version_test_predictions(
+    settings: Settings, alias: str = CHAMPION
+) -> tuple[str, pd.DataFrame, dict[str, Any]]:
+    """The test-window predictions of the run that trained the version holding `alias`.
+
+    Returns:
+        The version, its predictions (transaction_id, score, label: calibrated scores of the
+        training vectors, as training computed them) and its decision thresholds.
+
+    Raises:
+        RegistryError: No version holds the alias, or its run kept no predictions.
+    """
+    import mlflow
+    import pandas as pd
+
+    client = connect(settings)
+    number = current_version(client, alias)
+    if number is None:
+        raise RegistryError(f"no version of {MODEL_NAME} holds the alias {alias!r}")
+    run_id = _version(client, number).run_id
+    try:
+        path = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path="predictions/test_predictions.parquet"
+        )
+    except Exception as error:  # MLflow raises its own or OSError, by store
+        raise RegistryError(f"version {number}'s run {run_id} kept no test predictions: {error}") from None
+    metadata = json.loads(
+        Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{MODEL_NAME}/{number}"))
+        .joinpath("extra_files", METADATA_FILE)
+        .read_text()
+    )
+    return number, pd.read_parquet(path), dict(metadata["thresholds"])

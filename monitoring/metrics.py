@@ -74,8 +74,17 @@ class ScoringMetrics:
         )
         self.feature_lookups = Counter(
             "fraud_feature_lookups",
-            "Online feature lookups by outcome (ok, timeout, error, breaker_open, unavailable).",
+            "Online feature lookups by outcome (ok, slow, timeout, error, breaker_open, unavailable);"
+            " slow: read in full but past the budget, used (not a fallback).",
             ["outcome"],
+            registry=registry,
+        )
+        self.stored_features = Counter(
+            "fraud_score_stored_features",
+            "Score requests whose entity had stored features, found and fresh (within the view's"
+            " TTL, not after the transaction). Divided by the request count: the share scored"
+            " with history; a stale online store shows here first.",
+            ["entity"],  # card | merchant | device
             registry=registry,
         )
         self.feature_read_seconds = Histogram(

@@ -5,6 +5,11 @@ dataset in time order, writes each feature view's snapshots to its parquet batch
 registers the Feast definitions and materializes the latest snapshot per entity online.
 Re-running on the same data rebuilds the same store: the online store is torn down first
 and the parquet files are replaced, never appended to.
+
+`hold_back_days` leaves the last days of transactions out of the online store (the
+offline store keeps everything): the online store then holds exactly what a live one
+held at that day's midnight, so `fraudctl loadtest` and `fraudctl replay --score` can
+send those transactions with their own event times and be scored with real history.
 """
 
 from __future__ import annotations
@@ -75,7 +80,8 @@ class BackfillResult:
     labels: int
     snapshot_rows: dict[str, int]
     seconds: float
-    last_event_at: pd.Timestamp  # the store's "now": the latest transaction or label folded in
+    last_event_at: pd.Timestamp  # the latest transaction or label folded in
+    online_as_of: pd.Timestamp | None = None  # the online store's "now" when days are held back
     vectors: pd.DataFrame | None = None  # per transaction, when asked for
 
 
@@ -152,10 +158,39 @@ def write_offline(frames: dict[str, pd.DataFrame], offline_dir: Path) -> None:
         tmp.replace(folder / BACKFILL_FILE)
 
 
+def online_cut(transactions: pd.DataFrame, hold_back_days: int) -> pd.Timestamp | None:
+    """The midnight (UTC) that starts the last `hold_back_days` days of transactions (None: 0).
+
+    Midnight, because merchant rows are daily: the row written at the cut is the one every
+    held-back transaction of that day reads, online as in training.
+    """
+    if hold_back_days < 0:
+        raise ValueError(f"--hold-back-days must be 0 or more, got {hold_back_days}")
+    if not hold_back_days:
+        return None
+    times = transactions["event_time"]
+    cut = times.max().floor("D") - pd.Timedelta(days=hold_back_days - 1)
+    if cut <= times.min():
+        raise ValueError(
+            f"--hold-back-days {hold_back_days} would hold back every transaction "
+            f"({times.min():%Y-%m-%d} to {times.max():%Y-%m-%d})"
+        )
+    return cut
+
+
 def backfill(
-    data_dir: Path, settings: Settings, with_vectors: bool = False, progress: bool = False
+    data_dir: Path,
+    settings: Settings,
+    with_vectors: bool = False,
+    progress: bool = False,
+    hold_back_days: int = 0,
 ) -> BackfillResult:
-    """Compute features for a dataset into the offline store and materialize them online."""
+    """Compute features for a dataset into the offline store and materialize them online.
+
+    Args:
+        hold_back_days: Materialize online only what was known at the midnight that starts
+            the dataset's last N days of transactions (see the module docstring).
+    """
     # Feast is imported here, not at the top: it takes seconds, and `fraudctl --help` should not.
     from feature_repo.store import apply_definitions, open_store
 
@@ -163,6 +198,7 @@ def backfill(
     transactions, labels = read_transactions(data_dir), read_labels(data_dir)
     if transactions.empty:
         raise ValueError(f"{data_dir} holds no transactions")
+    cut = online_cut(transactions, hold_back_days)
     frames, vectors = compute_snapshots(transactions, labels, with_vectors=with_vectors, progress=progress)
     write_offline(frames, settings.offline_dir)
 
@@ -174,8 +210,14 @@ def backfill(
     stamps = [f[SNAPSHOT_TIME_COLUMN] for f in frames.values() if not f.empty]
     start = min(s.min() for s in stamps).to_pydatetime()
     end = max(s.max() for s in stamps).to_pydatetime() + timedelta(seconds=1)
-    store.materialize(start_date=start, end_date=end)
-    record = {"data_dir": str(Path(data_dir).resolve()), "fingerprint": dataset_fingerprint(data_dir)}
+    # Feast materializes each entity's latest row in [start, end], both ends included: the
+    # merchants' rows written at the cut are in, transactions after it are not.
+    store.materialize(start_date=start, end_date=end if cut is None else cut.to_pydatetime())
+    record = {
+        "data_dir": str(Path(data_dir).resolve()),
+        "fingerprint": dataset_fingerprint(data_dir),
+        "online_as_of": None if cut is None else cut.isoformat(),
+    }
     (settings.feast_dir / BACKFILL_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return BackfillResult(
         transactions=len(transactions),
@@ -185,31 +227,56 @@ def backfill(
         last_event_at=max(transactions["event_time"].max(), labels["reported_at"].max())
         if not labels.empty
         else transactions["event_time"].max(),
+        online_as_of=cut,
         vectors=vectors,
     )
 
 
+def backfill_record(settings: Settings) -> dict[str, Any] | None:
+    """What the feature store was last backfilled from: data_dir, fingerprint, online_as_of."""
+    path = settings.feast_dir / BACKFILL_RECORD
+    return dict(json.loads(path.read_text())) if path.exists() else None
+
+
 def backfilled_fingerprint(settings: Settings) -> str | None:
     """The fingerprint of the dataset the feature store was last backfilled from (None: never)."""
-    path = settings.feast_dir / BACKFILL_RECORD
-    return str(json.loads(path.read_text())["fingerprint"]) if path.exists() else None
+    record = backfill_record(settings)
+    return None if record is None else str(record["fingerprint"])
 
 
 def cli(
     data: Annotated[
         Path | None, typer.Option("--data", help="Dataset folder written by `simulate` or `import`.")
     ] = None,
+    hold_back_days: Annotated[
+        int,
+        typer.Option(
+            help="Leave the last N days of transactions out of the online store (offline keeps "
+            "them), so `fraudctl loadtest` can send them against the history just before them."
+        ),
+    ] = 0,
 ) -> None:
     """Compute features from a dataset into the Feast offline store and materialize them online.
 
     Example: fraudctl backfill --data var/data
+    Example: fraudctl backfill --data var/data --hold-back-days 1   # then: fraudctl serve, fraudctl loadtest
     """
     settings = get_settings()
     data_dir = data or settings.demo_data_dir
     console = Console()
-    result = backfill(data_dir, settings, progress=True)
+    try:
+        result = backfill(data_dir, settings, progress=True, hold_back_days=hold_back_days)
+    except ValueError as error:  # DatasetError is a ValueError
+        Console(stderr=True).print(f"error: {error}")
+        raise typer.Exit(1) from None
     rows = ", ".join(f"{view} {n:,}" for view, n in result.snapshot_rows.items())
     console.print(
         f"[green]backfilled[/] {result.transactions:,} transactions and {result.labels:,} labels "
         f"in {result.seconds:.1f}s → snapshot rows: {rows}"
     )
+    if result.online_as_of is not None:
+        console.print(
+            f"online store as of {result.online_as_of:%Y-%m-%d %H:%M} UTC: the transactions after it "
+            "are held back for `fraudctl loadtest` (and `fraudctl replay --score URL --after "
+            f"{result.online_as_of:%Y-%m-%d}`)"
+        )

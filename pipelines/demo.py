@@ -47,14 +47,23 @@ def cli(
     console.print(f"wrote {data_dir} in {time.perf_counter() - started:.1f}s")
 
     console.rule("[bold]2. backfill features into Feast (offline parquet → online SQLite)")
-    result = backfill(data_dir, settings, progress=True)
+    # The last day stays out of the online store: step 6 sends it to the service, which then
+    # scores each card against the history it had, as it would have live.
+    result = backfill(data_dir, settings, progress=True, hold_back_days=1)
+    cut = result.online_as_of
+    assert cut is not None
     console.print(f"snapshot rows {result.snapshot_rows} in {result.seconds:.1f}s")
+    console.print(
+        f"online store as of {cut:%Y-%m-%d %H:%M} UTC: the last day's transactions are held back "
+        "for step 6 (the offline store, which training reads, holds everything)"
+    )
 
     console.rule("[bold]3. online features of a sample card")
     transactions = read_transactions(data_dir)
     # A card that was hit by card testing makes the most telling sample.
-    fraud = transactions[transactions["scenario"] == "card_testing"]
-    sample = (fraud if not fraud.empty else transactions).iloc[-1]
+    known = transactions[transactions["event_time"] <= cut]  # what the online store has seen
+    fraud = known[known["scenario"] == "card_testing"]
+    sample = (fraud if not fraud.empty else known).iloc[-1]
     device = sample["device_id"] if isinstance(sample["device_id"], str) else None
     store = open_store(settings)
     service = scoring_service(store)
@@ -62,11 +71,9 @@ def cli(
     started = time.perf_counter()
     read_online(store, sample["card_id"], sample["merchant_id"], device, service)
     console.print(f"online read of card + merchant + device: {(time.perf_counter() - started) * 1e3:.1f} ms")
-    last_label = result.last_event_at
     console.print(
-        f"The online store is as of the latest event it has seen ({last_label:%Y-%m-%d %H:%M} UTC, "
-        "usually the last chargeback, weeks after the last transaction): merchant windows that "
-        "end at that day's midnight can be empty by then."
+        f"The online store is as of {cut:%Y-%m-%d %H:%M} UTC: each card's row is the one written at "
+        "its latest transaction before then, each merchant's the one written at that midnight."
     )
     show_features(card=sample["card_id"], merchant=sample["merchant_id"], device=device, as_json=False)
 
@@ -112,4 +119,4 @@ def cli(
     )
     from services.serve import demo_step as serve_demo_step
 
-    serve_demo_step(settings, data_dir, console)
+    serve_demo_step(settings, data_dir, console, cut)

@@ -21,6 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -67,6 +68,7 @@ class GatewayScorer:
         )
         self.decisions: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
+        self.with_card_history = 0  # replies whose card's stored features were found and fresh
 
     def __call__(self, body: bytes) -> None:
         try:
@@ -74,7 +76,9 @@ class GatewayScorer:
             response = self.connection.getresponse()
             payload = response.read()
             if response.status == 200:
-                self.decisions[json.loads(payload)["decision"]] += 1
+                reply = json.loads(payload)
+                self.decisions[reply["decision"]] += 1
+                self.with_card_history += "card" in reply.get("stored_features", ())
             else:
                 self.errors[f"http_{response.status}"] += 1
         except (OSError, http.client.HTTPException) as error:
@@ -96,6 +100,7 @@ class ReplaySummary:
     first_error: str | None = None
     decisions: dict[str, int] | None = None  # with --score: decisions by band
     score_errors: dict[str, int] | None = None
+    with_card_history: int | None = None  # with --score: scored with the card's stored history
 
     @property
     def achieved_rps(self) -> float:
@@ -205,17 +210,24 @@ def messages(transactions: pd.DataFrame, labels: pd.DataFrame, codes: np.ndarray
         yield events.TRANSACTIONS_TOPIC, card_ids[code], chunk[code - chunk_start]
 
 
-def load(data_dir: Path, limit: int | None, labels_after_end: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+def load(
+    data_dir: Path, limit: int | None, labels_after_end: bool, after: pd.Timestamp | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The transactions to publish, and the labels due before the last of them (or after).
 
     With `limit`, only the published transactions' labels are published after the end:
-    a verdict on a transaction the stream never saw is noise.
+    a verdict on a transaction the stream never saw is noise. With `after`, only what
+    happened after that time: transactions after it, labels reported after it.
     """
     transactions = read_transactions(data_dir)
+    labels = read_labels(data_dir)
+    if after is not None:
+        transactions = transactions[transactions["event_time"] > after].reset_index(drop=True)
+        labels = labels[labels["reported_at"] > after].reset_index(drop=True)
     transactions = transactions if limit is None else transactions.iloc[:limit].reset_index(drop=True)
     if transactions.empty:
-        raise ValueError(f"{data_dir} holds no transactions")
-    labels = read_labels(data_dir)
+        where = "" if after is None else f" after {after:%Y-%m-%d %H:%M} UTC"
+        raise ValueError(f"{data_dir} holds no transactions{where}")
     after_end = labels["reported_at"] > transactions["event_time"].iloc[-1]
     wanted = after_end & labels_after_end
     if limit is not None:
@@ -232,6 +244,7 @@ def replay(
     progress: bool = False,
     labels_after_end: bool = True,
     score_url: str | None = None,
+    after: pd.Timestamp | None = None,
 ) -> ReplaySummary:
     """Publish a dataset's transactions and labels to Kafka, merged by time and paced.
 
@@ -244,6 +257,7 @@ def replay(
         progress: Show a progress bar with the achieved rate and the lag.
         labels_after_end: Publish at the end the labels reported after the last transaction.
         score_url: Score each transaction at this scoring service before publishing it.
+        after: Start after this time (e.g. the online store's cut, `backfill --hold-back-days`).
 
     Returns:
         Counts, timing and the number of failed sends: check `failed`, it is not raised.
@@ -259,7 +273,7 @@ def replay(
         raise ValueError(f"--speedup must be positive and without --rps, got {speedup} with {rps}")
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be at least 1, got {limit}")
-    transactions, labels = load(Path(data_dir), limit, labels_after_end)
+    transactions, labels = load(Path(data_dir), limit, labels_after_end, after)
     codes, due = plan(transactions, labels, rps, speedup)
     wait_until_ready(settings.kafka_bootstrap, timeout_s=10)
     ensure_topics(settings)
@@ -280,6 +294,7 @@ def replay(
         first_error=repr(errors[0]) if errors else None,
         decisions=dict(scorer.decisions) if scorer else None,
         score_errors=dict(scorer.errors) if scorer else None,
+        with_card_history=scorer.with_card_history if scorer else None,
     )
 
 
@@ -350,17 +365,27 @@ def cli(
             help="Score each transaction at this scoring service first, e.g. http://127.0.0.1:8000."
         ),
     ] = None,
+    after: Annotated[
+        datetime | None,
+        typer.Option(
+            help="Only what happened after this UTC time, e.g. the online store's cut "
+            "(`fraudctl backfill --hold-back-days 1` prints it).",
+            formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"],
+        ),
+    ] = None,
 ) -> None:
     """Play a dataset into Kafka as the payment gateway would: transactions, and labels when due.
 
     Example: fraudctl replay --from var/data --rps 500 --limit 100000
+    Example: fraudctl replay --score http://127.0.0.1:8000 --after 2026-02-11   # the held-back day
     """
     err, settings = Console(stderr=True, soft_wrap=True, highlight=False), get_settings()
     try:
         if rps is not None and speedup is not None:
             raise ValueError("use --rps or --speedup, not both")
         data_dir = settings.demo_data_dir if source is None else source
-        summary = replay(data_dir, settings, rps or 0, speedup, limit, True, labels_after_end, score)
+        since = None if after is None else pd.Timestamp(after, tz="UTC")
+        summary = replay(data_dir, settings, rps or 0, speedup, limit, True, labels_after_end, score, since)
     except BrokerUnavailable as error:
         err.print(f"error: {escape(str(error))}; start one with `fraudctl broker`")
         raise typer.Exit(1) from None
@@ -378,6 +403,7 @@ def cli(
     table.add_row("failed sends", f"{summary.failed:,}")
     if summary.decisions is not None:
         table.add_row("decisions", ", ".join(f"{k} {v:,}" for k, v in sorted(summary.decisions.items())))
+        table.add_row("with card history", f"{summary.with_card_history or 0:,}")
         table.add_row(
             "scoring errors", ", ".join(f"{k} {v:,}" for k, v in (summary.score_errors or {}).items()) or "0"
         )

@@ -9,7 +9,9 @@ the machine with the service it measures, so every core-percent it spends is tak
 the server and would show up as the server's latency.
 
 It speaks just enough HTTP for that: one request at a time per connection, replies
-framed by Content-Length or chunked encoding, `Connection: close` honoured.
+framed by Content-Length or chunked encoding, `Connection: close` honoured. A reply's body
+is handed back when Content-Length frames it (the scoring service's replies); a chunked
+body is skipped.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.reusable = True
         self._buffer = bytearray()
-        self._waiter: asyncio.Future[int] | None = None
+        self._waiter: asyncio.Future[tuple[int, bytes]] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -49,22 +51,22 @@ class _Connection(asyncio.Protocol):
         if self._waiter is None or self._waiter.done():
             return
         try:
-            status = self._parse()
+            reply = self._parse()
         except (ValueError, Disconnected) as error:  # not HTTP as we know it: drop the connection
             self._waiter.set_exception(Disconnected(f"unreadable reply: {error}"))
             self.close()
             return
-        if status is not None:
-            self._waiter.set_result(status)
+        if reply is not None:
+            self._waiter.set_result(reply)
 
-    def _parse(self) -> int | None:
-        """The status once the whole reply is in the buffer (which is then emptied), else None."""
+    def _parse(self) -> tuple[int, bytes] | None:
+        """Status and body once the whole reply is in the buffer (then emptied), else None."""
         buffer = self._buffer
         end = buffer.find(b"\r\n\r\n")
         if end < 0:
             return None
         head = bytes(buffer[:end]).lower()
-        body_start, status = end + 4, int(head[9:12])
+        body_start, status, body = end + 4, int(head[9:12]), b""
         marker = head.find(b"\r\ncontent-length:")
         if status in (204, 304):  # never a body
             pass
@@ -73,6 +75,7 @@ class _Connection(asyncio.Protocol):
             length = int(head[marker + 17 : line_end if line_end >= 0 else len(head)])
             if len(buffer) < body_start + length:
                 return None
+            body = bytes(buffer[body_start : body_start + length])
         elif b"\r\ntransfer-encoding: chunked" in head:
             if not buffer.endswith(b"0\r\n\r\n"):  # the last chunk (no trailers)
                 return None
@@ -80,10 +83,10 @@ class _Connection(asyncio.Protocol):
             raise Disconnected("reply with neither Content-Length nor chunked encoding")
         self.reusable = b"\r\nconnection: close" not in head
         del buffer[:]
-        return status
+        return status, body
 
-    async def request(self, payload: bytes) -> int:
-        """Send one request and return the reply's status code."""
+    async def request(self, payload: bytes) -> tuple[int, bytes]:
+        """Send one request and return the reply's status code and body."""
         assert self.transport is not None
         self._waiter = asyncio.get_running_loop().create_future()
         self.transport.write(payload)
@@ -119,8 +122,8 @@ class HttpPool:
         self.opened += 1
         return conn
 
-    async def post(self, body: bytes) -> int:
-        """POST a JSON body and return the status code; a failed connection is dropped."""
+    async def post(self, body: bytes) -> tuple[int, bytes]:
+        """POST a JSON body and return the status code and body; a failed connection is dropped."""
         conn = None
         while self._idle and conn is None:
             conn = self._idle.pop()
@@ -128,7 +131,7 @@ class HttpPool:
         if conn is None:
             conn = await self._connect()
         try:
-            status = await conn.request(self._head + str(len(body)).encode() + b"\r\n\r\n" + body)
+            reply = await conn.request(self._head + str(len(body)).encode() + b"\r\n\r\n" + body)
         except BaseException:  # a timeout cancels mid-reply: the connection is unusable
             conn.close()
             raise
@@ -136,7 +139,7 @@ class HttpPool:
             self._idle.append(conn)
         else:
             conn.close()
-        return status
+        return reply
 
     def close(self) -> None:
         for conn in self._idle:

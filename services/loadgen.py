@@ -53,8 +53,12 @@ async def open_loop(
     max_connections: int,
     timeout_s: float,
     on_tick: Callable[[Tally], None] | None = None,
+    on_reply: Callable[[bytes], None] | None = None,
 ) -> tuple[HdrHistogram, Tally, float, int]:
     """Send `rps` requests a second on schedule; record the measured ones' latency.
+
+    `on_reply` gets the body of every measured 2xx reply, after its latency is taken
+    (what the traffic exercised: decisions, who decided, whether history was found).
 
     Returns:
         The latency histogram (µs, from each request's due time, HTTP replies of any
@@ -74,10 +78,10 @@ async def open_loop(
         tally.sent += 1
         try:
             async with asyncio.timeout(timeout_s):
-                status = await pool.post(body(i))
+                status, reply = await pool.post(body(i))
             kind = None if 200 <= status < 300 else f"http_{status}"
         except Exception as error:
-            status, kind = 0, error_kind(error)
+            status, reply, kind = 0, b"", error_kind(error)
         done = time.perf_counter()
         tally.completed += 1
         if i < warm:
@@ -88,6 +92,8 @@ async def open_loop(
             histogram.record_value(min(max(1, int((done - due) * 1e6)), HIGHEST_US))
         if kind is None:
             tally.ok += 1
+            if on_reply is not None:
+                on_reply(reply)
         else:
             tally.errors += 1
             tally.errors_by_kind[kind] += 1
@@ -178,6 +184,12 @@ class LoadResult:
     slo_met: bool  # p99 within the SLO and zero errors (DESIGN.md section 6)
     max_connections: int
     connections_opened: int
+    # What the traffic exercised, from the replies (see `services.loadtest.TrafficMix`):
+    card_history_share: float | None = None  # replies whose card's stored features were fresh
+    history_share: dict[str, float] = field(default_factory=dict)  # card, merchant, device
+    decision_mix: dict[str, float] = field(default_factory=dict)  # approve, review, decline
+    served_by_mix: dict[str, float] = field(default_factory=dict)
+    pool: dict[str, Any] = field(default_factory=dict)  # where the bodies came from
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

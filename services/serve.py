@@ -8,11 +8,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from core.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def cli(
@@ -108,14 +111,18 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def demo_step(settings: Settings, data_dir: Path, console: Any) -> None:
-    """`fraudctl demo`'s serving step: serve → replay with --score → loadtest → canary, kill switch."""
+def demo_step(settings: Settings, data_dir: Path, console: Any, cut: pd.Timestamp) -> None:
+    """`fraudctl demo`'s serving step: serve → replay with --score → loadtest → canary, kill switch.
+
+    The traffic is the day after `cut`, the online store's time (backfill's hold-back), with
+    its own event times: the cards are scored against the history they had.
+    """
     import httpx
     from rich.table import Table
 
     from pipelines.broker import EmbeddedBroker
     from pipelines.replay import replay
-    from services.loadtest import result_table, run_load, transaction_pool
+    from services.loadtest import result_table, run_load, training_decision_mix, transaction_pool
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -124,16 +131,19 @@ def demo_step(settings: Settings, data_dir: Path, console: Any) -> None:
         service = start_in_background(serving, port, settings.var_dir / "demo_serve.log")
         try:
             console.print(f"scoring service on {url} (log: {settings.var_dir / 'demo_serve.log'})")
-            scored = replay(data_dir, broker.settings, limit=1_000, progress=True, score_url=url)
+            scored = replay(data_dir, broker.settings, limit=1_000, progress=True, score_url=url, after=cut)
             console.print(
-                f"replay --score: {scored.transactions:,} transactions scored then published at "
-                f"{scored.achieved_rps:,.0f}/s; decisions {scored.decisions}, "
+                f"replay --score --after {cut:%Y-%m-%d}: {scored.transactions:,} transactions of the "
+                f"held-back day scored, then published, at {scored.achieved_rps:,.0f}/s; decisions "
+                f"{scored.decisions}, {scored.with_card_history or 0:,} with card history, "
                 f"errors {scored.score_errors or 0}"
             )
-            result = run_load(url, rps=500, duration_s=20, warmup_s=3, slo_p99_ms=10, progress=True)
-            console.print(result_table(result))
+            pool = transaction_pool(data_dir=data_dir, after=cut.to_pydatetime())
+            result = run_load(url, rps=500, duration_s=20, warmup_s=3, slo_p99_ms=10, transactions=pool,
+                              progress=True)  # fmt: skip
+            console.print(result_table(result, training_decision_mix(settings, pool)))
             admin = {"authorization": f"Bearer {serving.admin_token}"}
-            body = transaction_pool(size=1, seed=3, data_dir=data_dir).body(0)
+            body = pool.body(0)
             table = Table(title="who decides", show_header=True)
             for column in ("control", "served_by", "model_version", "decision"):
                 table.add_column(column)

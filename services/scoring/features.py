@@ -12,7 +12,12 @@ How the budget (`feature_timeout_ms`) is kept depends on the store:
   p99 4.8 ms and no fallbacks; on a thread, p99 8 ms and ~1% of reads past a 5 ms
   budget, all of it waiting for the GIL, not for SQLite.
 
-Either way a read slower than the budget counts as a failure for the breaker.
+What a read slower than the budget means differs too. A thread read past the budget is
+abandoned: the request is scored without stored features (`timeout`, a fallback). An
+inline read has already returned by the time we can tell it was slow: its features are
+complete, so they are used, and the lookup counts as `slow`, which is not a fallback (the
+response is `served_by=champion`) but is a failure for the breaker, so a store that keeps
+answering late is skipped until it recovers.
 
 After `breaker_failures` failed lookups in a row the breaker opens: requests skip the
 store at once (and are scored with request-time features and defaults) until
@@ -37,7 +42,11 @@ log = logging.getLogger(__name__)
 Snapshots = dict[str, Snapshot | None]
 Reader = Callable[[str, str | None, str | None], Snapshots]
 
-OK, TIMEOUT, ERROR, BREAKER_OPEN, UNAVAILABLE = "ok", "timeout", "error", "breaker_open", "unavailable"
+OK, SLOW, TIMEOUT, ERROR, BREAKER_OPEN, UNAVAILABLE = (
+    "ok", "slow", "timeout", "error", "breaker_open", "unavailable"
+)  # fmt: skip
+# Outcomes whose snapshots are complete: scored as usual. Every other outcome is a fallback.
+WITH_FEATURES = frozenset({OK, SLOW})
 
 
 class CircuitBreaker:
@@ -85,7 +94,11 @@ class CircuitBreaker:
 @dataclass(frozen=True)
 class Lookup:
     snapshots: Snapshots | None  # None: the store could not answer; score with defaults
-    outcome: str
+    outcome: str  # OK or SLOW when `snapshots` is set
+
+    @property
+    def degraded(self) -> bool:
+        return self.outcome not in WITH_FEATURES
 
 
 def _retrieve(future: asyncio.Future[Snapshots]) -> None:
@@ -121,8 +134,7 @@ class FeatureClient:
         elif self.inline:
             try:
                 snapshots = self._timed_read(card_id, merchant_id, device_id)
-                slow = time.perf_counter() - start > self.timeout_s
-                outcome = TIMEOUT if slow else OK  # late but here: used, and counted as slow
+                outcome = SLOW if time.perf_counter() - start > self.timeout_s else OK
             except Exception as error:  # a locked database past its busy timeout, a broken file
                 log.warning("online feature lookup failed: %s: %s", type(error).__name__, error)
                 outcome, snapshots = ERROR, None

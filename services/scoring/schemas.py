@@ -22,6 +22,10 @@ class ScoreOut(BaseModel):
     reasons: list[str] = Field(description="Rule hits, then the features behind the score, in words.")
     model_version: str | None
     served_by: Literal["champion", "canary", "fallback", "kill_switch"]
+    stored_features: list[Literal["card", "merchant", "device"]] = Field(
+        description="Entities whose stored features were found and fresh (within the view's TTL and "
+        "not after `event_time`); an entity not listed was scored as never seen."
+    )
     latency_ms: float
 
 

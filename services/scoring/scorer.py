@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 
 from core.events import Transaction
-from core.features import MODEL_FEATURES, Txn, model_vector
+from core.features import MODEL_FEATURES, Txn, fresh_snapshots, model_vector
 from models.costs import APPROVE, decide
 from monitoring.metrics import ScoringMetrics
-from services.scoring.features import OK, FeatureClient
+from services.scoring.features import FeatureClient
 from services.scoring.models import ModelHolder, ServingModel
 from services.scoring.prediction_log import PredictionLog
 from services.scoring.rules import Rules, stricter
@@ -33,6 +33,7 @@ from services.scoring.rules import Rules, stricter
 log = logging.getLogger(__name__)
 
 CHAMPION, CANARY, FALLBACK, KILL_SWITCH = "champion", "canary", "fallback", "kill_switch"
+ENTITIES = ("card", "merchant", "device")
 
 
 @dataclass
@@ -56,6 +57,7 @@ class Decision:
     reasons: list[str]
     model_version: str | None
     served_by: str
+    stored_features: list[str]  # entities whose stored features were found and fresh
     latency_ms: float
 
 
@@ -82,10 +84,12 @@ class Scorer:
         event = Txn.of(txn)
         lookup = await self.features.lookup(txn.card_id, txn.merchant_id, txn.device_id)
         snapshots = lookup.snapshots or {}
-        vector = np.asarray(
-            model_vector(event, snapshots.get("card"), snapshots.get("merchant"), snapshots.get("device")),
-            dtype=np.float32,
+        # What the model may see: a snapshot from after the transaction or past its TTL is absent.
+        fresh = fresh_snapshots(
+            event.time_us, snapshots.get("card"), snapshots.get("merchant"), snapshots.get("device")
         )
+        stored = [entity for entity, snapshot in zip(ENTITIES, fresh, strict=True) if snapshot is not None]
+        vector = np.asarray(model_vector(event, *fresh), dtype=np.float32)
         features = dict(zip(MODEL_FEATURES, vector.tolist(), strict=True))
         after_features = time.perf_counter()
         rules = self.rules.evaluate(txn, event.time_us, snapshots.get("card"), features)
@@ -93,7 +97,7 @@ class Scorer:
 
         reasons: list[str] = []
         degraded: list[str] = []
-        if lookup.outcome != OK:
+        if lookup.degraded:
             degraded.append(f"features_{lookup.outcome}")
             reasons.append(
                 f"feature store {lookup.outcome.replace('_', ' ')}: scored with request-time features"
@@ -133,7 +137,7 @@ class Scorer:
         reasons = rules.hits + reasons
         end = time.perf_counter()
 
-        self._observe(start, after_features, after_rules, end, decision, served_by, score, degraded)
+        self._observe(start, after_features, after_rules, end, decision, served_by, score, degraded, stored)
         latency = {
             "total": (end - start) * 1e3,
             "features": (after_features - start) * 1e3,
@@ -159,6 +163,7 @@ class Scorer:
             reasons=reasons,
             model_version=model.version if model else None,
             served_by=served_by,
+            stored_features=stored,
             latency_ms=round(latency["total"], 3),
         )
 
@@ -172,6 +177,7 @@ class Scorer:
         served_by: str,
         score: float,
         degraded: list[str],
+        stored: list[str],
     ) -> None:
         m = self.metrics
         m.stage_seconds.labels("features").observe(after_features - start)
@@ -181,6 +187,8 @@ class Scorer:
         m.scores.observe(score)
         for reason in degraded:
             m.fallbacks.labels(reason).inc()
+        for entity in stored:
+            m.stored_features.labels(entity).inc()
 
     def _log(
         self,

@@ -22,6 +22,7 @@ from core.dataset import read_transactions
 from core.settings import Settings
 from models import registry
 from pipelines import simulate
+from pipelines.backfill import backfill
 from pipelines.train import LIGHTGBM, MLP, TrainRequest, train
 from services.scoring.app import create_app
 
@@ -30,10 +31,15 @@ SERVICE_DATA = simulate.SimulationParams(days=28, cards=400, merchants=50, seed=
 ADMIN = {"authorization": "Bearer test-admin-token"}
 
 
-def trained_registry(settings: Settings) -> dict[str, str]:
-    """Simulate, backfill and train into `settings.var_dir`; champion LightGBM, challenger MLP."""
+def trained_registry(settings: Settings, hold_back_days: int = 0) -> dict[str, str]:
+    """Simulate, backfill and train into `settings.var_dir`; champion LightGBM, challenger MLP.
+
+    `hold_back_days`: the online store leaves out the data's last days (`backfill`).
+    """
     data = settings.var_dir / "data"
     simulate.run(data, SERVICE_DATA)
+    if hold_back_days:
+        backfill(data, settings, hold_back_days=hold_back_days)  # train then finds the store filled
     result = train(settings, TrainRequest(data_dir=data, seed=3))
     registry.promote(settings, result.versions[LIGHTGBM], registry.CHAMPION, reason="test", by="tests")
     registry.promote(settings, result.versions[MLP], registry.CHALLENGER, reason="test", by="tests")

@@ -13,9 +13,9 @@ import py_compile
 import socket
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -23,7 +23,7 @@ from core.cli import app
 from core.dataset import read_transactions
 from core.events import Transaction
 from services import http1
-from services.loadtest import TransactionPool, run_load, transaction_pool
+from services.loadtest import TrafficMix, TransactionPool, run_load, transaction_pool
 from tests.integration.stub_scoring import StubScoring
 
 REQUIRED_KEYS = {
@@ -49,22 +49,64 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_bodies_are_fresh_valid_transactions(pool: TransactionPool, small_dataset: Path) -> None:
+def test_bodies_are_valid_transactions_with_fresh_ids(pool: TransactionPool, small_dataset: Path) -> None:
     bodies = [Transaction.model_validate_json(pool.body(i)) for i in range(400)]
     assert len({b.transaction_id for b in bodies}) == 400  # the pool repeats, the ids do not
     assert bodies[0].card_id == bodies[200].card_id  # ... and the rest is the pool's
+    assert bodies[0].event_time == bodies[200].event_time
     assert Transaction.model_validate_json(pool.body(0)).transaction_id != bodies[0].transaction_id
-    assert all(abs((datetime.now(UTC) - b.event_time).total_seconds()) < 5 for b in bodies)
     assert "scenario" not in pool.body(0).decode()
-    sampled = transaction_pool(size=50, seed=1, data_dir=small_dataset)
+    sampled = transaction_pool(size=50, seed=1, data_dir=small_dataset, new_card_share=0)
     cards = set(read_transactions(small_dataset)["card_id"])
     assert {Transaction.model_validate_json(sampled.body(i)).card_id for i in range(50)} <= cards
+
+
+def test_a_pool_after_a_cut_keeps_the_data_s_times_order_and_fraud(small_dataset: Path) -> None:
+    transactions = read_transactions(small_dataset)
+    cut = transactions["event_time"].max().floor("D")
+    held_back = transactions[transactions["event_time"] > cut]
+    pool = transaction_pool(data_dir=small_dataset, after=cut.to_pydatetime(), new_card_share=0.1, seed=2)
+    bodies = [Transaction.model_validate_json(pool.body(i)) for i in range(len(pool.tails))]
+    assert len(bodies) == len(held_back) and pool.source_ids == tuple(held_back["transaction_id"])
+    times = [b.event_time for b in bodies]
+    assert times == sorted(times) and min(times) > cut  # each transaction's own time, in order
+    original = held_back.set_index("transaction_id")
+    for body, source in zip(bodies, pool.source_ids, strict=True):
+        row = original.loc[source]
+        assert body.event_time == row["event_time"] and body.amount == row["amount"]
+        assert body.merchant_id == row["merchant_id"]
+        assert body.card_id == row["card_id"] or body.card_id.startswith("new-card-")
+    new = sum(b.card_id.startswith("new-card-") for b in bodies)
+    assert new == pool.new_cards and 0.04 * len(bodies) < new < 0.2 * len(bodies)
+    assert pool.fraud_share == round(float(held_back["scenario"].ne("legit").mean()), 4)
+    with pytest.raises(ValueError, match="holds no transactions after"):
+        transaction_pool(data_dir=small_dataset, after=(cut + pd.Timedelta(days=1)).to_pydatetime())
+
+
+def test_traffic_mix_counts_what_the_replies_say() -> None:
+    mix = TrafficMix()
+    replies = [
+        {"decision": "approve", "served_by": "champion", "stored_features": ["card", "merchant"]},
+        {"decision": "review", "served_by": "champion", "stored_features": ["card"]},
+        {"decision": "decline", "served_by": "fallback", "stored_features": []},
+        {"decision": "approve", "served_by": "canary", "stored_features": ["card", "merchant", "device"]},
+    ]
+    for reply in replies:
+        mix(json.dumps(reply).encode())
+    mix(b"not json")  # skipped, not counted
+    assert mix.as_dict() == {
+        "card_history_share": 0.75,
+        "history_share": {"card": 0.75, "merchant": 0.5, "device": 0.25},
+        "decision_mix": {"approve": 0.5, "review": 0.25, "decline": 0.25},
+        "served_by_mix": {"canary": 0.25, "champion": 0.5, "fallback": 0.25},
+    }
+    assert TrafficMix().as_dict()["card_history_share"] is None
 
 
 def test_reply_framing() -> None:
     """Content-Length split over packets, chunked, and `Connection: close` replies."""
 
-    async def parse(*packets: bytes) -> tuple[int, bool]:
+    async def parse(*packets: bytes) -> tuple[tuple[int, bytes], bool]:
         conn = http1._Connection()
         conn._waiter = asyncio.get_running_loop().create_future()
         for packet in packets:
@@ -72,12 +114,12 @@ def test_reply_framing() -> None:
         return await asyncio.wait_for(conn._waiter, 1), conn.reusable
 
     head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n"
-    assert asyncio.run(parse(head + b'{"a": ', b"true}")) == (200, True)
+    assert asyncio.run(parse(head + b'{"a": ', b"true}")) == ((200, b'{"a": true}'), True)
     chunked = b"HTTP/1.1 422 Unprocessable\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
-    assert asyncio.run(parse(chunked)) == (422, True)
+    assert asyncio.run(parse(chunked)) == ((422, b""), True)  # a chunked body is skipped
     closing = b"HTTP/1.1 500 Oops\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-    assert asyncio.run(parse(closing)) == (500, False)
-    assert asyncio.run(parse(b"HTTP/1.1 204 No Content\r\nserver: x\r\n\r\n")) == (204, True)
+    assert asyncio.run(parse(closing)) == ((500, b""), False)
+    assert asyncio.run(parse(b"HTTP/1.1 204 No Content\r\nserver: x\r\n\r\n")) == ((204, b""), True)
     with pytest.raises(http1.Disconnected, match="unreadable reply"):
         asyncio.run(parse(b"SSH-2.0-OpenSSH\r\n\r\n"))
 

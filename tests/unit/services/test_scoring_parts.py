@@ -85,7 +85,7 @@ def test_the_decision_encodes_to_exactly_the_documented_response() -> None:
     from services.scoring.scorer import Decision
 
     assert [f.name for f in fields(Decision)] == list(ScoreOut.model_fields)
-    decision = Decision("t1", 0.25, "review", ["x"], "3", "champion", 1.5)
+    decision = Decision("t1", 0.25, "review", ["x"], "3", "champion", ["card", "merchant"], 1.5)
     from dataclasses import asdict
 
     assert ScoreOut.model_validate(asdict(decision)).model_dump() == asdict(decision)
