@@ -14,6 +14,8 @@ send those transactions with their own event times and be scored with real histo
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import time
 from dataclasses import dataclass
@@ -212,7 +214,8 @@ def backfill(
     end = max(s.max() for s in stamps).to_pydatetime() + timedelta(seconds=1)
     # Feast materializes each entity's latest row in [start, end], both ends included: the
     # merchants' rows written at the cut are in, transactions after it are not.
-    store.materialize(start_date=start, end_date=end if cut is None else cut.to_pydatetime())
+    with contextlib.redirect_stdout(io.StringIO()):  # Feast prints its own colour-coded progress
+        store.materialize(start_date=start, end_date=end if cut is None else cut.to_pydatetime())
     record = {
         "data_dir": str(Path(data_dir).resolve()),
         "fingerprint": dataset_fingerprint(data_dir),
