@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import shutil
 import sys
-import warnings
 from typing import Annotated
 
 import typer
@@ -95,9 +94,8 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug l
     # Feast logs every registry refresh, kafka-python every connection, httpx every request at INFO.
     for chatty in ("feast", "kafka", "httpx"):
         logging.getLogger(chatty).setLevel(logging.DEBUG if verbose else logging.WARNING)
-    if not verbose:
-        # MLflow's SQLAlchemy store configures a loader SQLAlchemy 2.1 deprecates: its to fix.
-        warnings.filterwarnings("ignore", message=r"The ``noload`` loader strategy is deprecated")
+    # kafka-python warns when its own I/O loop waited >100 ms for the GIL: a busy process, not a fault.
+    logging.getLogger("kafka.net.selector").setLevel(logging.DEBUG if verbose else logging.ERROR)
 
 
 def _one_line(error: Exception) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,6 +45,9 @@ def connect(settings: Settings) -> MlflowClient:
     # MLflow draws a tqdm bar for every artifact download; fraudctl has its own progress.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # table creation etc. at INFO
+    # Its SQLAlchemy store, on first import, uses a loader SQLAlchemy 2.1 deprecates: MLflow's to
+    # fix. Set here, just before that import: some libraries reset the filters on their way.
+    warnings.filterwarnings("ignore", message=r"The ``noload`` loader strategy is deprecated")
     import mlflow
     from mlflow import MlflowClient
 

@@ -52,7 +52,8 @@ def cli(
     result = backfill(data_dir, settings, progress=True, hold_back_days=1)
     cut = result.online_as_of
     assert cut is not None
-    console.print(f"snapshot rows {result.snapshot_rows} in {result.seconds:.1f}s")
+    rows = ", ".join(f"{view} {n:,}" for view, n in result.snapshot_rows.items())
+    console.print(f"snapshot rows: {rows}, in {result.seconds:.1f}s")
     console.print(
         f"online store as of {cut:%Y-%m-%d %H:%M} UTC: the last day's transactions are held back "
         "for step 6 (the offline store, which training reads, holds everything)"
