@@ -26,8 +26,10 @@ test: install
 test-fast: install
 	$(BIN)/pytest -q -m "not slow"
 
+# The README's benchmark table is generated from the JSON the benchmarks write.
 bench: install
 	$(BIN)/fraudctl bench
+	$(BIN)/python -m benchmarks.readme_table --write
 
 lint: install
 	$(BIN)/ruff check .
