@@ -86,6 +86,7 @@ def start_in_background(
         "FRAUD_FEAST_PROJECT": settings.feast_project,
         "FRAUD_ADMIN_TOKEN": settings.admin_token,
         "FRAUD_REGISTRY_POLL_SECONDS": str(settings.registry_poll_seconds),
+        "FRAUD_FEATURE_TIMEOUT_MS": str(settings.feature_timeout_ms),
         "FRAUD_SERVE_PORT": str(port),
     }
     log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -6,8 +6,10 @@ before t, in training and in serving alike. This test proves it end to end, with
 parts on both sides:
 
 * training side: one dataset, backfilled into its own Feast store, trained and
-  registered (`trained_registry`); the training frames are rebuilt exactly as training
-  builds them (`prepare_frames`: Feast's point-in-time join, then `model_vector`);
+  registered; the training frames are rebuilt exactly as training builds them
+  (`prepare_frames`: Feast's point-in-time join, then `model_vector`). It is the
+  `training_side` fixture (conftest.py), shared with the stream-fed variant of this test
+  (`test_scoring_skew_stream.py`);
 * serving side: a second Feast store that holds only what happened before a cut time T
   (transactions before T, labels reported before T), the real service on uvicorn serving
   the registered models, its prediction log on an embedded Kafka broker.
@@ -18,12 +20,14 @@ state strictly before t: the card's and device's latest snapshots are from befor
 before t, with nothing between), and the merchant's daily row of T's day is in both
 stores (T is mid-morning, not midnight). Each `predictions` record carries the vector
 the service scored; it must equal the training vector, feature by feature.
+
+This checks only the first transaction per card and device after the cut, because the
+store is not updated after it; `test_scoring_skew_stream.py` checks every transaction,
+against a store the stream processor keeps fresh.
 """
 
 from __future__ import annotations
 
-import json
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,16 +36,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from kafka import KafkaConsumer, TopicPartition
 
+from benchmarks.stream_fed_scoring import describe_mismatches, read_predictions, vector_mismatches
 from core.dataset import read_labels, read_transactions, write_dataset
-from core.events import PREDICTIONS_TOPIC
 from core.features import MODEL_FEATURES
 from core.settings import Settings
 from pipelines.backfill import backfill
 from pipelines.broker import EmbeddedBroker
-from pipelines.train import TrainRequest, prepare_frames
-from tests.integration.scoring_support import as_body, running_service, service_settings, trained_registry
+from tests.integration.scoring_support import as_body, running_service, service_settings
+from tests.integration.skew_support import TrainingSide
 
 pytestmark = pytest.mark.slow
 
@@ -77,44 +80,9 @@ def _first_after_cut(transactions: pd.DataFrame, cut: pd.Timestamp) -> pd.DataFr
     return eligible
 
 
-def _read_predictions(settings: Settings, expected: set[str], timeout_s: float = 60) -> dict[str, Any]:
-    """The `predictions` records of `expected` transactions (waits for all, then 0.5 s more)."""
-    reader = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
-    found: dict[str, dict[str, Any]] = {}
-    duplicates = 0
-    try:
-        partitions = [
-            TopicPartition(PREDICTIONS_TOPIC, p)
-            for p in sorted(reader.partitions_for_topic(PREDICTIONS_TOPIC) or ())
-        ]
-        reader.assign(partitions)
-        reader.seek_to_beginning(*partitions)
-        deadline, grace_end = time.monotonic() + timeout_s, None
-        while time.monotonic() < (grace_end or deadline):
-            for batch in reader.poll(timeout_ms=100).values():
-                for record in batch:
-                    value = json.loads(record.value)
-                    assert record.key == value["transaction_id"].encode()
-                    duplicates += value["transaction_id"] in found
-                    found[value["transaction_id"]] = value
-            if grace_end is None and expected <= found.keys():
-                grace_end = time.monotonic() + 0.5
-    finally:
-        reader.close()
-    assert duplicates == 0, f"{duplicates} transactions logged twice"
-    return found
-
-
 @pytest.fixture(scope="module")
-def sides(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sides]:
-    # --- training side: backfill everything, train, register; rebuild the training frames
-    train_settings = Settings(profile="embedded", var_dir=tmp_path_factory.mktemp("skew-train") / "var")
-    trained_registry(train_settings)
-    data = train_settings.var_dir / "data"
-    frames = prepare_frames(train_settings, TrainRequest(data_dir=data, seed=3))
-    training = pd.concat([frames.train, frames.valid, frames.test], ignore_index=True)
-    assert training["transaction_id"].is_unique
-    training = training.set_index("transaction_id")
+def sides(training_side: TrainingSide, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sides]:
+    training, data = training_side.frame, training_side.data_dir
 
     # --- serving side: a store that knows only what happened before the cut
     transactions, labels = read_transactions(data), read_labels(data)
@@ -133,7 +101,7 @@ def sides(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sides]:
         profile="embedded",
         var_dir=serve_var,
         feast_project=f"skew_{uuid.uuid4().hex[:8]}",
-        mlflow_tracking_uri=train_settings.mlflow_tracking_uri,  # serve the models trained above
+        mlflow_tracking_uri=training_side.settings.mlflow_tracking_uri,  # serve the trained models
     )
     backfill(before, base)
 
@@ -151,7 +119,7 @@ def sides(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sides]:
                 responses[row["transaction_id"]] = response.json()
         # The service has stopped: its prediction log sent (or spooled) everything queued.
         assert not any(settings.spool_dir.glob("*.jsonl")), "predictions were spooled, not sent"
-        predictions = _read_predictions(settings, set(responses))
+        predictions = read_predictions(settings, set(responses))
     yield Sides(training, scored, cut, predictions, responses)
 
 
@@ -178,21 +146,11 @@ def test_every_scored_transaction_is_logged_with_the_model_and_the_store(sides: 
 
 def test_the_vector_scored_equals_the_vector_training_used(sides: Sides) -> None:
     ids = sides.scored["transaction_id"].tolist()
-    served = np.array([[sides.predictions[t]["features"][f] for f in MODEL_FEATURES] for t in ids])
-    trained = sides.training.loc[ids, MODEL_FEATURES].to_numpy(dtype=np.float64)
-    # The models see float32 on both sides: training feeds `Frames.x` (float64 frame cast to
-    # float32) and the service casts `model_vector` to float32 before scoring and logs that
-    # very array (JSON carries a float32 value exactly). So the comparison is exact, in the
-    # precision the model receives; a tolerance would only hide a real difference.
-    expected = trained.astype(np.float32).astype(np.float64)
-    mismatch = served != expected
-    if mismatch.any():
-        rows, cols = np.nonzero(mismatch)
-        details = [
-            f"{ids[r]} {MODEL_FEATURES[c]}: served {served[r, c]!r}, training {trained[r, c]!r}"
-            for r, c in zip(rows[:20], cols[:20], strict=True)
-        ]
-        pytest.fail(f"{mismatch.sum()} feature values differ:\n" + "\n".join(details))
+    # Exact, in the float32 the model receives (see `vector_mismatches`).
+    mismatch = vector_mismatches(sides.predictions, sides.training, ids)
+    if mismatch.to_numpy().any():
+        details = describe_mismatches(mismatch, sides.predictions, sides.training)
+        pytest.fail(f"{mismatch.to_numpy().sum()} feature values differ:\n{details}")
 
 
 def test_the_comparison_is_not_vacuous(sides: Sides) -> None:
