@@ -22,23 +22,19 @@ its load (the processor's freshness against the gateway's rate): it is a measure
 compare across runs, with the machine it came from. The test asserts what holds anyway:
 the mismatches are all explained by freshness, and at a pace slower than it there are none.
 
-    python -m benchmarks.bench_stream_skew [--write]   # --write: benchmarks/results/stream_skew.json
+    python -m benchmarks.bench_stream_skew        # prints the figures and per-feature details
+    fraudctl bench --only stream_skew             # writes benchmarks/results/stream_skew.json
 """
 
 from __future__ import annotations
 
 import json
-import os
-import platform
 import shutil
 import statistics
-import sys
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
-import psutil
 
 from benchmarks import stream_fed_scoring as harness
 from core.dataset import read_transactions
@@ -50,7 +46,6 @@ from pipelines.broker import EmbeddedBroker
 from pipelines.train import LIGHTGBM, MLP, TrainRequest, prepare_frames, train
 
 BENCH_DIR = PROJECT_ROOT / "var" / "bench" / "stream_skew"
-RESULT = PROJECT_ROOT / "benchmarks" / "results" / "stream_skew.json"
 # The skew tests' dataset (tests/integration/scoring_support.py SERVICE_DATA), so the test's
 # full-speed phase and this benchmark look at the same cards.
 DATA = simulate.SimulationParams(days=28, cards=400, merchants=50, seed=5, fraud_rate=0.02)
@@ -115,8 +110,9 @@ def _one_run(trained: Settings, training: pd.DataFrame, n: int) -> dict[str, Any
 
 
 def run_benchmark(runs: int = RUNS) -> dict[str, Any]:
-    """The figures (numbers, and `_runs` lists), for `benchmarks.run`."""
-    return measure(runs)[0]
+    """The figures (numbers, `_runs` lists, and the mismatches per feature), for `benchmarks.run`."""
+    figures, details = measure(runs)
+    return figures | {"stream_skew_mismatches_by_feature_runs": details["mismatches_by_feature_runs"]}
 
 
 def measure(runs: int = RUNS) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -156,28 +152,6 @@ def measure(runs: int = RUNS) -> tuple[dict[str, Any], dict[str, Any]]:
     return metrics, details
 
 
-def _machine() -> dict[str, Any]:
-    return {
-        "cpus": os.cpu_count(),
-        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-    }
-
-
 if __name__ == "__main__":
-    machine = _machine()
     figures, details = measure()
     print(json.dumps(figures | {"details": details}, indent=2))
-    if "--write" in sys.argv[1:]:
-        record = {
-            "benchmark": "stream_skew",
-            "command": "python -m benchmarks.bench_stream_skew --write",
-            "machine": machine | {"load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
-            "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
-            "metrics": figures,
-            "details": details,
-        }
-        RESULT.write_text(json.dumps(record, indent=2) + "\n")

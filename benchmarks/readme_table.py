@@ -144,7 +144,20 @@ ROWS: list[Row] = [
             Figure("freshness_device_p50_seconds", "s"),
         ),
     ),
-    Row("stream: training/serving skew", "stream", (), prefix="stream_skew"),
+    Row(
+        "training–serving skew of stream-fed features: replay --score at full speed, share of scored "
+        "vectors that differ from training's, and from which state",
+        "stream_skew",
+        (
+            Figure("stream_skew_mismatch_share", "share", bold=True),
+            Figure("stream_skew_card_mismatch_share", "share"),
+            Figure("stream_skew_device_mismatch_share", "share"),
+            Figure("stream_skew_merchant_mismatch_share", "share"),
+            Figure("stream_skew_request_mismatch_share", "share"),
+            Figure("stream_skew_gateway_rps", "req/s"),
+            Figure("stream_skew_transactions", "count"),
+        ),
+    ),
     Row(
         "train on ~1,000,000 transactions end to end: backfill into an empty store, frame, "
         "baselines, LightGBM, MLP, ONNX + parity, MLflow",

@@ -27,7 +27,14 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks import bench_feature_store, bench_score, bench_simulate, bench_stream, bench_train
+from benchmarks import (
+    bench_feature_store,
+    bench_score,
+    bench_simulate,
+    bench_stream,
+    bench_stream_skew,
+    bench_train,
+)
 from benchmarks.provenance import code_during, code_version, load_average, machine
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -36,6 +43,7 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "simulate": bench_simulate.run_benchmark,
     "feature_store": bench_feature_store.run_benchmark,
     "stream": bench_stream.run_benchmark,
+    "stream_skew": bench_stream_skew.run_benchmark,
     "train": bench_train.run_benchmark,
     "score": bench_score.run_benchmark,
 }
