@@ -267,11 +267,8 @@ def cli(
     settings = get_settings()
     data_dir = data or settings.demo_data_dir
     console = Console()
-    try:
-        result = backfill(data_dir, settings, progress=True, hold_back_days=hold_back_days)
-    except ValueError as error:  # DatasetError is a ValueError
-        Console(stderr=True).print(f"error: {error}")
-        raise typer.Exit(1) from None
+    # A missing or invalid dataset raises DatasetError: fraudctl's main prints it as one line.
+    result = backfill(data_dir, settings, progress=True, hold_back_days=hold_back_days)
     rows = ", ".join(f"{view} {n:,}" for view, n in result.snapshot_rows.items())
     console.print(
         f"[green]backfilled[/] {result.transactions:,} transactions and {result.labels:,} labels "

@@ -77,7 +77,8 @@ def test_simulate_backfill_features_clean(tmp_path: Path) -> None:
 
 
 def test_failures_exit_1_with_one_line(tmp_path: Path) -> None:
-    missing = fraudctl("backfill", "--data", str(tmp_path / "nope"), var_dir=tmp_path / "var")
+    # A long path: a message that wraps at the terminal width is not one line (CI's paths are long).
+    missing = fraudctl("backfill", "--data", str(tmp_path / ("deep" * 20) / "nope"), var_dir=tmp_path / "var")
     assert missing.returncode == 1
     assert missing.stderr.strip().startswith("error:")
     assert len(missing.stderr.strip().splitlines()) == 1
