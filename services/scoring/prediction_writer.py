@@ -49,11 +49,45 @@ class Spool:
         self.folder = folder
         self.max_bytes = max_bytes
         folder.mkdir(parents=True, exist_ok=True)
-        self.records = sum(1 for s in self.segments() for _ in s.open("rb"))
+        self.torn_bytes = self._repair_torn_tail()
+        self.records = sum(len(s.read_bytes().splitlines()) for s in self.segments())
         self.bytes = sum(s.stat().st_size for s in self.segments())
 
     def segments(self) -> list[Path]:
         return sorted(self.folder.glob("*.jsonl"))
+
+    def _repair_torn_tail(self) -> int:
+        """Cut a last line the previous writer did not finish; returns the bytes cut.
+
+        A writer killed (or out of disk) inside `append`'s write leaves part of a line at
+        the end of the newest segment, the only one appended to. Left there, it would stop
+        every replay at `json.loads` (the writer dies, restarts, dies: nothing replayed
+        again) and glue the next appended record to itself. That record was never counted
+        as spooled, and its rest is gone: it is the one record the crash lost. A complete
+        JSON object short only of its newline is kept (no prefix of an object parses).
+        """
+        segments = self.segments()
+        if not segments:
+            return 0
+        newest = segments[-1]
+        data = newest.read_bytes()
+        if not data or data.endswith(b"\n"):
+            return 0
+        tail = data[data.rfind(b"\n") + 1 :]
+        try:
+            json.loads(tail)
+        except ValueError:
+            with newest.open("r+b") as segment:
+                segment.truncate(len(data) - len(tail))
+            if len(tail) == len(data):
+                newest.unlink()
+            log.error(
+                "prediction spool: cut %d bytes of a record a crash left unfinished in %s", len(tail), newest
+            )
+            return len(tail)
+        with newest.open("ab") as segment:
+            segment.write(b"\n")
+        return 0
 
     def append(self, lines: list[bytes]) -> int:
         """Append what fits under the cap; returns how many lines were dropped."""
@@ -91,6 +125,8 @@ class PredictionWriter:
         self.settings = settings
         self.stats = stats
         self.spool = Spool(settings.spool_dir, settings.spool_max_bytes)
+        if self.spool.torn_bytes:
+            self.stats[DROPPED] += 1  # the record a crash left half-written
         self._producer: Any = None
         self._challengers: dict[str, Any] = {}  # version -> ServingModel (None: failed to load)
         self._last_attempt = 0.0
