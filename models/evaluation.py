@@ -15,14 +15,19 @@ import pandas as pd
 from core.events import LEGIT_SCENARIO
 from models.costs import APPROVE, DECLINE, REVIEW, CostModel, Thresholds, decide, decision_costs
 from models.metrics import (
+    RANKING_METRICS,
     average_precision,
+    bootstrap_ranking_metrics,
     card_precision_at_k,
     expected_calibration_error,
+    percentile_interval,
     recall_at_fpr,
     roc_auc,
 )
 
 HEADLINE = ["roc_auc", "average_precision", "recall_at_1pct_fpr", "card_precision_at_100", "ece", "cost"]
+# The prefix of a difference's metric names: ap_diff_vs_rules, ap_diff_vs_rules_ci_low, ...
+DIFF_PREFIX = {"average_precision": "ap", "roc_auc": "roc_auc"}
 
 
 def ranking_metrics(frame: pd.DataFrame, scores: np.ndarray) -> dict[str, float]:
@@ -103,6 +108,43 @@ def evaluate(
             **decision_metrics(part, part_scores, thresholds, cost),
         }
     return metrics, breakdowns
+
+
+def diff_key(metric: str, baseline: str) -> str:
+    """The metric name of metric(model) − metric(baseline); ``_ci_low``/``_ci_high`` follow it."""
+    return f"{DIFF_PREFIX[metric]}_diff_vs_{baseline}"
+
+
+def baseline_differences(
+    labels: np.ndarray,
+    scores: dict[str, np.ndarray],
+    models: tuple[str, ...],
+    baselines: tuple[str, ...],
+    n_resamples: int = 1_000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict[str, dict[str, float]]:
+    """Each model against each baseline on the same test rows: AP and ROC-AUC differences
+    with paired bootstrap percentile intervals (`models.metrics.paired_bootstrap_difference`).
+
+    One resampling pass serves every pair: all scorers are measured on the same resamples.
+    Returns ``{model: {"ap_diff_vs_rules": d, "ap_diff_vs_rules_ci_low": lo, ..._ci_high: hi, ...}}``.
+    A model beats a baseline on a metric only where ``_ci_low`` is above 0.
+    """
+    whole, resampled = bootstrap_ranking_metrics(labels, scores, n_resamples, seed)
+    differences: dict[str, dict[str, float]] = {}
+    for model in models:
+        values = differences.setdefault(model, {})
+        for baseline in baselines:
+            for metric in RANKING_METRICS:
+                diff, low, high = percentile_interval(
+                    whole[model][metric] - whole[baseline][metric],
+                    resampled[model][metric] - resampled[baseline][metric],
+                    confidence,
+                )
+                key = diff_key(metric, baseline)
+                values |= {key: diff, f"{key}_ci_low": low, f"{key}_ci_high": high}
+    return differences
 
 
 def flat_breakdowns(breakdowns: dict[str, dict[str, dict[str, float]]]) -> dict[str, float]:

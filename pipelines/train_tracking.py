@@ -146,9 +146,6 @@ def _log_model_run(
 ) -> str:
     """Log one model's nested run and register its ONNX model; returns the version number."""
     import mlflow
-    import mlflow.onnx
-    import onnx
-    from mlflow.models import infer_signature
 
     labels, scores = frames.y("test"), candidate.test_scores
     mlflow.log_metrics(_finite(candidate.metrics))
@@ -189,18 +186,15 @@ def _log_model_run(
     from models.runtime import session
 
     outputs = session(candidate.onnx_bytes).run(["probabilities"], {"features": example})[0]
-    info = mlflow.onnx.log_model(
-        onnx.load_from_string(candidate.onnx_bytes),
-        name="onnx",
-        signature=infer_signature(example, outputs),
-        input_example=example,
-        registered_model_name=MODEL_NAME,
-        metadata={k: meta[k] for k in ("model_type", "features", "calibration", "thresholds", "windows")},
-        extra_files=[str(folder / name) for name in (METADATA_FILE, MODEL_CARD_FILE, REFERENCE_SAMPLE_FILE)],
-        pip_requirements=["onnxruntime"],
-        onnx_execution_providers=["CPUExecutionProvider"],
-        save_as_external_data=False,  # one self-contained file: what serving reads
-    )
+    # MLflow prints "Successfully registered model ..." / "Created version ..." to stderr; the
+    # train step says the same in one line. Errors still raise.
+    from mlflow.utils import logging_utils
+
+    logging_utils.disable_logging()
+    try:
+        info = _log_onnx(candidate, meta, folder, example, outputs)
+    finally:
+        logging_utils.enable_logging()
     version = str(info.registered_model_version)
     client.update_model_version(MODEL_NAME, version, description=files[MODEL_CARD_FILE])
     tags = {
@@ -256,3 +250,23 @@ def log_and_register(
                 mlflow.set_tag("data_fingerprint", frames.fingerprint)
                 versions[name] = _log_model_run(client, candidate, frames, request, comparison, folder)
     return versions
+
+
+def _log_onnx(candidate: Candidate, meta: dict[str, Any], folder: Path, example: Any, outputs: Any) -> Any:
+    """Log the ONNX model with its extra files and register it as a new version."""
+    import mlflow.onnx
+    import onnx
+    from mlflow.models import infer_signature
+
+    return mlflow.onnx.log_model(
+        onnx.load_from_string(candidate.onnx_bytes),
+        name="onnx",
+        signature=infer_signature(example, outputs),
+        input_example=example,
+        registered_model_name=MODEL_NAME,
+        metadata={k: meta[k] for k in ("model_type", "features", "calibration", "thresholds", "windows")},
+        extra_files=[str(folder / name) for name in (METADATA_FILE, MODEL_CARD_FILE, REFERENCE_SAMPLE_FILE)],
+        pip_requirements=["onnxruntime"],
+        onnx_execution_providers=["CPUExecutionProvider"],
+        save_as_external_data=False,  # one self-contained file: what serving reads
+    )

@@ -41,13 +41,33 @@ def trained(settings: Settings, data: Path) -> TrainResult:
     return train(settings, TrainRequest(data_dir=data, seed=3))
 
 
-def test_both_models_train_register_and_beat_the_baselines(settings: Settings, trained: TrainResult) -> None:
+def test_both_models_train_register_and_beat_the_baselines_where_the_interval_says_so(
+    settings: Settings, trained: TrainResult
+) -> None:
+    """Each model against each baseline, with paired-bootstrap 95% intervals on the test rows.
+
+    On this small world (~100 test frauds) LightGBM beats both baselines with the whole interval
+    above 0; the MLP beats logistic regression so, but the rules only on the point estimate (its
+    interval holds 0). That is what the train table prints, and the README reads its own table
+    the same way: "beats" only where the interval is above 0.
+    """
     assert set(trained.versions) == {LIGHTGBM, MLP}
     metrics = trained.metrics
+    lightgbm, mlp = metrics[LIGHTGBM], metrics[MLP]
+    for baseline in ("rules", "logistic_regression"):
+        assert lightgbm[f"ap_diff_vs_{baseline}_ci_low"] > 0, f"LightGBM vs {baseline}: {lightgbm}"
+    assert mlp["ap_diff_vs_logistic_regression_ci_low"] > 0
+    assert mlp["ap_diff_vs_rules"] > 0
     for model in (LIGHTGBM, MLP):
-        assert metrics[model]["average_precision"] > metrics["rules"]["average_precision"]
-        assert metrics[model]["roc_auc"] > 0.85
-        assert metrics[model]["savings_vs_approve_all"] > 0
+        m = metrics[model]
+        assert m["roc_auc"] > 0.85
+        assert m["savings_vs_approve_all"] > 0
+        for baseline in ("rules", "logistic_regression"):
+            for metric in ("ap", "roc_auc"):
+                key = f"{metric}_diff_vs_{baseline}"
+                assert m[f"{key}_ci_low"] <= m[key] <= m[f"{key}_ci_high"], key
+            expected = m["average_precision"] - metrics[baseline]["average_precision"]
+            assert m[f"ap_diff_vs_{baseline}"] == pytest.approx(expected, abs=1e-9)
     listed = {row["version"]: row for row in registry.list_versions(settings)}
     assert {listed[v]["model_type"] for v in trained.versions.values()} == {LIGHTGBM, MLP}
 
