@@ -74,6 +74,14 @@ class ModelSet:
     errors: dict[str, str] = field(default_factory=dict)  # alias -> why it is not loaded
 
 
+def _served(models: ModelSet) -> dict[str, str | None]:
+    """The version each alias is served by (None: nothing loaded for it)."""
+    return {
+        registry.CHAMPION: models.champion.version if models.champion else None,
+        registry.CHALLENGER: models.challenger.version if models.challenger else None,
+    }
+
+
 class ModelHolder:
     """Loads `champion` and `challenger`, reloads on demand or when an alias moves."""
 
@@ -141,19 +149,27 @@ class ModelHolder:
             return
 
         def poll() -> None:
+            # The alias versions of the last reload that could not load one of them. Retrying
+            # them every interval would download the same files, log the same error and count
+            # a failed reload each time, for ever: they are tried again once an alias moves
+            # (an operator's /admin/reload always retries).
+            failed: dict[str, str | None] | None = None
             while not self._stop.wait(interval):
                 try:
                     versions = self._alias_versions()
                 except Exception as error:
                     log.warning("registry poll failed: %s", error)
                     continue
-                current = self.current
-                held = {
-                    registry.CHAMPION: current.champion.version if current.champion else None,
-                    registry.CHALLENGER: current.challenger.version if current.challenger else None,
-                }
-                if versions != held:
-                    self.reload()
+                if versions == failed:
+                    continue
+                # After a failure, reload even when the aliases moved back to what is served:
+                # that clears the error the failed reload reported.
+                if versions != _served(self.current) or failed is not None:
+                    before = self.current
+                    after = self.reload()
+                    if after is before:  # the registry did not answer: try again next interval
+                        continue
+                    failed = versions if _served(after) != versions else None
 
         self._poller = threading.Thread(target=poll, name="registry-poll", daemon=True)
         self._poller.start()
