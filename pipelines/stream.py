@@ -391,7 +391,7 @@ class StreamProcessor:
                 self.device_tasks[tp.partition].features.sink = sink
                 self.device_tasks[tp.partition].published_ms.clear()
         self.metrics.assigned.set(len(self.consumer.assignment()))
-        log.info("assigned %s", ", ".join(f"{tp.topic}[{tp.partition}]" for tp in assigned) or "nothing")
+        log.info("assigned %s", _partitions_text(assigned))
 
     def _rebuild(self, tp: TopicPartition, end: int) -> int:
         """Fold records [0, end) of a partition into its task, writing and sending nothing."""
@@ -541,3 +541,17 @@ def summary_table(summary: StreamSummary) -> Table:
     table.add_row("seconds", f"{summary.seconds:,.1f}")
     table.add_row("counts add up", "yes" if summary.balanced() else "NO")
     return table
+
+
+def _partitions_text(partitions: list[TopicPartition]) -> str:
+    """'transactions 0-3, labels 0,2': one entry per topic, in the order given."""
+    by_topic: dict[str, list[int]] = {}
+    for tp in partitions:
+        by_topic.setdefault(tp.topic, []).append(tp.partition)
+    entries = []
+    for topic, numbers in by_topic.items():
+        contiguous = numbers == list(range(numbers[0], numbers[0] + len(numbers)))
+        many = contiguous and len(numbers) > 1
+        span = f"{numbers[0]}-{numbers[-1]}" if many else ",".join(map(str, numbers))
+        entries.append(f"{topic} {span}")
+    return ", ".join(entries) or "nothing"

@@ -153,7 +153,8 @@ def demo_step(settings: Settings, data_dir: Path, console: Any, cut: pd.Timestam
                 def show(control: str) -> None:
                     out = client.post("/v1/score", content=body, headers={"content-type": "application/json"})
                     d = out.json()
-                    table.add_row(control, d["served_by"], str(d["model_version"]), d["decision"])
+                    version = d["model_version"] or "– (rules)"
+                    table.add_row(control, d["served_by"], str(version), d["decision"])
 
                 show("default")
                 client.post("/admin/canary", json={"percent": 100}, headers=admin)
