@@ -258,6 +258,7 @@ def _log_onnx(candidate: Candidate, meta: dict[str, Any], folder: Path, example:
     import onnx
     from mlflow.models import infer_signature
 
+    assert candidate.onnx_bytes is not None
     return mlflow.onnx.log_model(
         onnx.load_from_string(candidate.onnx_bytes),
         name="onnx",

@@ -179,7 +179,7 @@ def test_a_writer_killed_mid_replay_duplicates_but_loses_no_spooled_record(tmp_p
                 log._start_writer()
                 deadline = time.monotonic() + 120
                 while topic.poll() < KILL_AT:
-                    assert log.process.is_alive(), f"the writer exited before the kill: {log.process.exitcode}"
+                    assert log.process.is_alive(), f"writer exited before the kill: {log.process.exitcode}"
                     assert time.monotonic() < deadline, "the replay never started"
                 os.kill(log.process.pid, signal.SIGKILL)
                 log.process.join()
