@@ -1,10 +1,11 @@
 """Every metric of the system, in one place, named `fraud_<what>_<unit>`: the scoring
-service's (`ScoringMetrics`) and the stream processor's (`StreamMetrics`).
+service's (`ScoringMetrics`), the stream processor's (`StreamMetrics`) and the monitor's
+(`MonitorMetrics`).
 
 Each service or processor instance owns a `CollectorRegistry` (not the process-wide default), so tests
 can build several apps in one process and scrape each one's `/metrics` on its own.
 Labels are few and bounded: decision (3), served_by (4), stage (3), fallback reason (a
-handful); never a card or a transaction id.
+handful), feature (the model's features and "score"); never a card or a transaction id.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from collections.abc import Callable, Iterator
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from core.features import MODEL_FEATURES
 
 # Fine around the 10 ms SLO: a p99 of 8 ms and one of 12 ms must land in different buckets.
 LATENCY_BUCKETS = (
@@ -189,3 +192,55 @@ class StreamMetrics:
             registry=r,
         )
         self.assigned = Gauge("fraud_stream_assigned_partitions", "Partitions owned now.", registry=r)
+
+
+DRIFT_FEATURES = frozenset([*MODEL_FEATURES, "score"])  # the only values of the feature label
+DRIFT_WINDOW_OUTCOMES = ("clean", "drifted", "skipped")
+
+
+class MonitorMetrics:
+    """The monitor's metrics (drift so far), in a registry of its own.
+
+    Drift gauges carry the value of the latest evaluated window, per feature; the model's
+    score is feature="score". Feature names outside the model's list are refused, so the
+    label stays bounded whatever a prediction record holds.
+    """
+
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.drift_psi = Gauge(
+            "fraud_drift_psi",
+            "PSI of the latest window against the champion's reference sample (drift when above 0.2).",
+            ["feature"],
+            registry=r,
+        )
+        self.drift_ks_pvalue = Gauge(
+            "fraud_drift_ks_pvalue",
+            "KS p-value of the latest window against the reference sample (drift when below 0.01).",
+            ["feature"],
+            registry=r,
+        )
+        self.drift_alarm = Gauge(
+            "fraud_drift_alarm",
+            "1 while a feature or the score has drifted for the required windows in a row.",
+            registry=r,
+        )
+        self.drift_window_end = Gauge(
+            "fraud_drift_window_end_timestamp_seconds",
+            "Event-time end of the latest window evaluated for drift.",
+            registry=r,
+        )
+        self.drift_windows = Counter(
+            "fraud_drift_windows",
+            "Windows by outcome: clean, drifted (a feature or the score drifted), skipped (too few rows).",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in DRIFT_WINDOW_OUTCOMES:  # every series exists from the first scrape
+            self.drift_windows.labels(outcome)
+
+    def set_drift(self, feature: str, psi: float, ks_pvalue: float) -> None:
+        if feature not in DRIFT_FEATURES:
+            raise ValueError(f"{feature!r} is not a model feature nor the score: not a drift label")
+        self.drift_psi.labels(feature).set(psi)
+        self.drift_ks_pvalue.labels(feature).set(ks_pvalue)
