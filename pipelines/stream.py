@@ -448,6 +448,11 @@ class StreamProcessor:
         for tp in revoked:
             self.positions.pop(tp, None)
             self.writer.forget(tp.topic, tp.partition)
+            # The new owner reports this partition's lag; a frozen series here would outlive it.
+            try:
+                self.metrics.lag.remove(tp.topic, str(tp.partition))
+            except KeyError:  # never reported (revoked before the first lag update)
+                pass
             if tp.topic == TRANSACTIONS_TOPIC:
                 self.card_tasks.pop(tp.partition, None)
             elif tp.topic == MERCHANT_EVENTS_TOPIC:
