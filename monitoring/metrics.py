@@ -11,6 +11,7 @@ handful), feature (the model's features and "score"); never a card or a transact
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -196,14 +197,21 @@ class StreamMetrics:
 
 DRIFT_FEATURES = frozenset([*MODEL_FEATURES, "score"])  # the only values of the feature label
 DRIFT_WINDOW_OUTCOMES = ("clean", "drifted", "skipped")
+SERVED_BY = ("champion", "canary", "fallback", "kill_switch")  # the only values of served_by
 
 
 class MonitorMetrics:
-    """The monitor's metrics (drift so far), in a registry of its own.
+    """The monitor's metrics (drift, performance), in a registry of its own.
 
     Drift gauges carry the value of the latest evaluated window, per feature; the model's
     score is feature="score". Feature names outside the model's list are refused, so the
     label stays bounded whatever a prediction record holds.
+
+    Performance gauges (monitoring/performance.py) carry, per served_by, the latest decision
+    day: `expected` from the calibrated scores alone (that day, possibly still running),
+    `matured` from the labels of the latest matured day (30 days back by default). NaN where
+    a value is undefined (no row in the band) or not measurable (a decline's precision
+    without any explicit verdict).
     """
 
     def __init__(self) -> None:
@@ -238,6 +246,81 @@ class MonitorMetrics:
         )
         for outcome in DRIFT_WINDOW_OUTCOMES:  # every series exists from the first scrape
             self.drift_windows.labels(outcome)
+
+        self.expected_precision = Gauge(
+            "fraud_performance_expected_precision",
+            "Precision of a band expected from the calibrated scores (mean score of its rows), latest day.",
+            ["band", "served_by"],
+            registry=r,
+        )
+        self.expected_recall = Gauge(
+            "fraud_performance_expected_recall",
+            "Share of the expected fraud (score mass) in review + decline, latest day. Blind to"
+            " concept drift: a new fraud pattern the model scores low leaves it unchanged.",
+            ["served_by"],
+            registry=r,
+        )
+        self.expected_day = Gauge(
+            "fraud_performance_expected_day_timestamp_seconds",
+            "Start (UTC) of the decision day the expected performance is for.",
+            ["served_by"],
+            registry=r,
+        )
+        self.matured_precision = Gauge(
+            "fraud_performance_matured_precision",
+            "Realised precision of a band on the latest matured decision day (decline: among"
+            " declines with an explicit verdict, NaN without one; chargebacks never come for a decline).",
+            ["band", "served_by"],
+            registry=r,
+        )
+        self.matured_recall = Gauge(
+            "fraud_performance_matured_recall",
+            "Realised recall of review over approved + reviewed fraud, latest matured decision day.",
+            ["served_by"],
+            registry=r,
+        )
+        self.matured_day = Gauge(
+            "fraud_performance_matured_day_timestamp_seconds",
+            "Start (UTC) of the latest matured decision day.",
+            ["served_by"],
+            registry=r,
+        )
+        self.matured_label_share = Gauge(
+            "fraud_performance_matured_label_share",
+            "Share of the fraud expected labelled by now on the latest matured day (label delay).",
+            ["served_by"],
+            registry=r,
+        )
+
+    @staticmethod
+    def _check_served_by(served_by: str) -> None:
+        if served_by not in SERVED_BY:
+            raise ValueError(f"{served_by!r} is not one of {', '.join(SERVED_BY)}: not a served_by label")
+
+    def set_expected_performance(
+        self, served_by: str, day: datetime, precision_review: float, precision_decline: float, recall: float
+    ) -> None:
+        self._check_served_by(served_by)
+        self.expected_precision.labels("review", served_by).set(precision_review)
+        self.expected_precision.labels("decline", served_by).set(precision_decline)
+        self.expected_recall.labels(served_by).set(recall)
+        self.expected_day.labels(served_by).set(day.timestamp())
+
+    def set_matured_performance(
+        self,
+        served_by: str,
+        day: datetime,
+        precision_review: float,
+        precision_decline: float,
+        recall_review: float,
+        label_share: float,
+    ) -> None:
+        self._check_served_by(served_by)
+        self.matured_precision.labels("review", served_by).set(precision_review)
+        self.matured_precision.labels("decline", served_by).set(precision_decline)
+        self.matured_recall.labels(served_by).set(recall_review)
+        self.matured_day.labels(served_by).set(day.timestamp())
+        self.matured_label_share.labels(served_by).set(label_share)
 
     def set_drift(self, feature: str, psi: float, ks_pvalue: float) -> None:
         if feature not in DRIFT_FEATURES:
