@@ -35,6 +35,7 @@ def _change(results: Path, name: str, key: str, value: object) -> None:
     path = results / f"{name}.json"
     record = json.loads(path.read_text())
     record["metrics"][key] = value
+    record["metrics"].pop(f"{key}_runs", None)  # a single-run figure: no range in the cell
     path.write_text(json.dumps(record))
 
 
