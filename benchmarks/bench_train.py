@@ -101,6 +101,13 @@ def _in_child(queue: multiprocessing.Queue) -> None:
                 for name, m in result.metrics.items()
             },
             **{f"{name}_test_roc_auc": round(m["roc_auc"], 4) for name, m in result.metrics.items()},
+            # Each model minus each baseline with its paired bootstrap interval (train's table).
+            **{
+                f"{name}_{key}": round(value, 4)
+                for name, m in result.metrics.items()
+                for key, value in m.items()
+                if "_diff_vs_" in key
+            },
         }
     )
 
