@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pandas as pd
 import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
 
 from core.dataset import read_transactions
 from core.settings import Settings
@@ -101,3 +102,13 @@ def as_body(row: dict[str, Any]) -> dict[str, Any]:
     body = {k: v for k, v in row.items() if v is not None and not (isinstance(v, float) and pd.isna(v))}
     body["event_time"] = pd.Timestamp(body["event_time"]).isoformat()
     return json.loads(json.dumps(body, default=str))
+
+
+def scraped_metrics(client: httpx.Client) -> dict[str, float]:
+    """The service's `/metrics`, parsed: ``{'name{label=value,...}': value}``."""
+    values = {}
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            values[f"{sample.name}{{{labels}}}"] = sample.value
+    return values

@@ -29,12 +29,17 @@ from typing import Any
 import httpx
 import pandas as pd
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from core.dataset import read_transactions
 from core.settings import PROJECT_ROOT, Settings
 from models import registry
-from tests.integration.scoring_support import ADMIN, as_body, running_service, service_settings
+from tests.integration.scoring_support import (
+    ADMIN,
+    as_body,
+    running_service,
+    scraped_metrics,
+    service_settings,
+)
 from tests.integration.skew_support import TrainingSide
 
 # --- 3. canary stickiness across processes ---------------------------------------------------
@@ -82,17 +87,8 @@ def test_canary_buckets_are_the_same_in_processes_with_different_hash_seeds() ->
 # --- shared by 1 and 2: a copy of the trained registry and store -----------------------------
 
 
-def _metrics(client: httpx.Client) -> dict[str, float]:
-    values = {}
-    for family in text_string_to_metric_families(client.get("/metrics").text):
-        for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            values[f"{sample.name}{{{labels}}}"] = sample.value
-    return values
-
-
 def _failed_reloads(client: httpx.Client) -> float:
-    return _metrics(client).get("fraud_model_reloads_total{outcome=failed}", 0.0)
+    return scraped_metrics(client).get("fraud_model_reloads_total{outcome=failed}", 0.0)
 
 
 def _wait_for(what: str, condition: Callable[[], bool], timeout_s: float = 15.0) -> None:

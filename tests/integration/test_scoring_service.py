@@ -17,7 +17,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from core.events import PREDICTIONS_TOPIC
 from core.settings import Settings
@@ -28,6 +27,7 @@ from tests.integration.scoring_support import (
     ADMIN,
     request_bodies,
     running_service,
+    scraped_metrics,
     service_settings,
     trained_registry,
 )
@@ -57,15 +57,6 @@ def client(base: Settings, versions: dict[str, str]) -> Iterator[httpx.Client]:
         yield running
 
 
-def _metrics(client: httpx.Client) -> dict[str, float]:
-    values = {}
-    for family in text_string_to_metric_families(client.get("/metrics").text):
-        for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            values[f"{sample.name}{{{labels}}}"] = sample.value
-    return values
-
-
 def test_a_transaction_gets_a_decision_from_the_champion(
     client: httpx.Client, bodies: list[dict], versions: dict[str, str]
 ) -> None:
@@ -88,7 +79,7 @@ def test_health_model_and_metrics_endpoints(client: httpx.Client, versions: dict
     assert model["challenger"]["version"] == versions["challenger"]
     assert set(model["champion"]["thresholds"]) == {"review", "decline"}
     assert model["kill_switch"] is False and model["canary_percent"] == 0.0
-    metrics = _metrics(client)
+    metrics = scraped_metrics(client)
     assert metrics["fraud_score_request_duration_seconds_count{}"] >= 1
     challenger, champion = versions["challenger"], versions["champion"]
     info = f"fraud_model_info{{challenger_version={challenger},champion_version={champion}}}"
@@ -198,7 +189,7 @@ def _assert_degrades_then_recovers(
         assert kinds >= {f"feature store {fault}: scored with request-time features",
                          "feature store breaker open: scored with request-time features"}  # fmt: skip
         assert client.get("/readyz").status_code == 503
-        metrics = _metrics(client)
+        metrics = scraped_metrics(client)
         assert metrics["fraud_feature_breaker_state{}"] == 2
         assert metrics["fraud_fallbacks_total{reason=features_breaker_open}"] >= 1
     finally:
@@ -360,16 +351,17 @@ def test_predictions_spool_while_the_broker_is_down_and_replay_in_order(
         for body in sent:
             assert client.post("/v1/score", json=body).status_code == 200
         deadline = time.monotonic() + 15
-        while _metrics(client).get("fraud_prediction_log_spool_records{}", 0) < len(sent):
-            assert time.monotonic() < deadline, _metrics(client)
+        while scraped_metrics(client).get("fraud_prediction_log_spool_records{}", 0) < len(sent):
+            assert time.monotonic() < deadline, scraped_metrics(client)
             time.sleep(0.2)
         assert list(settings.spool_dir.glob("*.jsonl")), "nothing on disk"
         with EmbeddedBroker(settings, bootstrap=address):  # the broker comes back
             deadline = time.monotonic() + 30
-            while _metrics(client).get("fraud_prediction_log_spool_records{}", 1) > 0:
+            while scraped_metrics(client).get("fraud_prediction_log_spool_records{}", 1) > 0:
                 assert time.monotonic() < deadline, "the spool was never replayed"
                 time.sleep(0.2)
-            assert _metrics(client)["fraud_prediction_log_records_total{outcome=replayed}"] == len(sent)
+            replayed = scraped_metrics(client)["fraud_prediction_log_records_total{outcome=replayed}"]
+            assert replayed == len(sent)
             consumer = kafka_clients.consumer(
                 settings, "spool-test", [PREDICTIONS_TOPIC], consumer_timeout_ms=8000
             )

@@ -16,18 +16,21 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from core.dataset import read_transactions
 from core.features import CARD_TTL, DEVICE_TTL
 from core.settings import Settings
 from pipelines.backfill import backfill_record
 from services.loadtest import TransactionPool, run_load, training_decision_mix, transaction_pool
-from tests.integration.scoring_support import running_service, service_settings, trained_registry
+from tests.integration.scoring_support import (
+    running_service,
+    scraped_metrics,
+    service_settings,
+    trained_registry,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -122,16 +125,6 @@ def test_the_cli_finds_the_held_back_day_and_reports_the_traffic(base: Settings,
         assert row in table.stdout, table.stdout
 
 
-def _counters(client: httpx.Client) -> dict[str, float]:
-    values: dict[str, float] = {}
-    for family in text_string_to_metric_families(client.get("/metrics").text):
-        for sample in family.samples:
-            if sample.name.endswith("_total"):
-                labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-                values[f"{sample.name}{{{labels}}}"] = sample.value
-    return values
-
-
 def test_a_read_past_the_budget_is_used_and_counted_slow_not_a_fallback(
     base: Settings, pool: TransactionPool
 ) -> None:
@@ -146,7 +139,7 @@ def test_a_read_past_the_budget_is_used_and_counted_slow_not_a_fallback(
             out = client.post("/v1/score", json=body).json()
             assert out["served_by"] == "champion" and "card" in out["stored_features"], out
             assert not any(reason.startswith("feature store") for reason in out["reasons"]), out
-        counters = _counters(client)
+        counters = scraped_metrics(client)
         assert counters["fraud_feature_lookups_total{outcome=slow}"] == 2
         assert not any(key.startswith("fraud_fallbacks_total") for key in counters), counters
         # ... but a store that keeps answering late is a failing store: the breaker opens.
