@@ -122,14 +122,21 @@ class Prediction(BaseModel):
 
     transaction_id: str
     card_id: str
+    # The other entities of the transaction: the skew monitor recomputes its vector offline.
+    merchant_id: str | None = None
+    device_id: str | None = None
     event_time: datetime
     scored_at: datetime
     score: float
     decision: Literal["approve", "review", "decline"]
     served_by: Literal["champion", "canary", "fallback", "kill_switch"]
     model_version: str | None
+    # The two arms on the same vector (paired comparisons): on a champion row the challenger
+    # scores in shadow; on a canary row (model_version is the challenger) the champion does.
     challenger_version: str | None = None
     challenger_score: float | None = None
+    champion_version: str | None = None
+    champion_score: float | None = None
     rule_hits: list[str] = Field(default_factory=list)
     features: dict[str, float]
     latency_ms: dict[str, float]

@@ -54,7 +54,7 @@ class PredictionLog:
         }
 
     def submit(self, record: dict[str, Any], shadow_version: str | None) -> None:
-        """Queue one record; `shadow_version` is the challenger to score it with, if any."""
+        """Queue one record; `shadow_version` is the other arm to score it with, if any."""
         if len(self.pending) >= MAX_PENDING:
             self.dropped += 1
             return

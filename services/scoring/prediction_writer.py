@@ -6,7 +6,7 @@ compete with the request path for the GIL, and every hand-over costs a request u
 switch interval. Measured at 500 req/s on 2 cores: p99 5 ms without the log, over 100 ms
 with it on a thread; in its own process the request path only appends to a list.
 
-Per batch it scores the records with the challenger they name (the shadow score, one ONNX
+Per batch it scores the records with the other arm they name (the shadow score, one ONNX
 call per version), encodes them and sends them. When the broker does not take them,
 records go to a spool on disk (JSON lines in numbered segment files) and, once anything is
 spooled, every later record goes there too, so the log keeps its order. Every second it
@@ -159,7 +159,10 @@ class PredictionWriter:
             self.stats[SENT] += len(lines)
 
     def _shadow(self, batch: list[tuple[dict[str, Any], str | None]]) -> None:
-        """Fill challenger_version/score: one ONNX call per challenger version in the batch."""
+        """Fill the shadow arm's score: one ONNX call per version in the batch.
+
+        A canary row was decided by the challenger, so its shadow is the champion.
+        """
         by_version: dict[str, list[dict[str, Any]]] = {}
         for record, version in batch:
             if version is not None:
@@ -172,7 +175,8 @@ class PredictionWriter:
                 [[r["features"][name] for name in MODEL_FEATURES] for r in records], np.float32
             )
             for record, score in zip(records, model.scorer.score(vectors).tolist(), strict=True):
-                record["challenger_version"], record["challenger_score"] = version, score
+                arm = "champion" if record["served_by"] == "canary" else "challenger"
+                record[f"{arm}_version"], record[f"{arm}_score"] = version, score
 
     def _challenger(self, version: str) -> Any:
         if version not in self._challengers:

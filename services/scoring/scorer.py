@@ -152,6 +152,7 @@ class Scorer:
                 decision,
                 served_by,
                 model,
+                models.champion,
                 models.challenger,
                 rules.hits,
                 latency,
@@ -198,6 +199,7 @@ class Scorer:
         decision: str,
         served_by: str,
         model: ServingModel | None,
+        champion: ServingModel | None,
         challenger: ServingModel | None,
         rule_hits: list[str],
         latency: dict[str, float],
@@ -205,6 +207,8 @@ class Scorer:
         record: dict[str, Any] = {
             "transaction_id": txn.transaction_id,
             "card_id": txn.card_id,
+            "merchant_id": txn.merchant_id,
+            "device_id": txn.device_id,
             "event_time": txn.event_time.isoformat(),
             "scored_at": datetime.now(UTC).isoformat(),
             "score": score,
@@ -213,11 +217,19 @@ class Scorer:
             "model_version": model.version if model else None,
             "challenger_version": None,
             "challenger_score": None,
+            "champion_version": None,
+            "champion_score": None,
             "rule_hits": rule_hits,
             "features": features,
             "latency_ms": latency,
         }
-        # Shadow: the challenger scores the same vector in the writer process, unless it decided.
-        shadow = challenger.version if challenger is not None and challenger is not model else None
+        # Shadow: the other arm scores the same vector in the writer process. On a champion row
+        # that is the challenger; on a canary row the champion, so the guard can pair them.
+        shadow = None
+        if served_by == CANARY and model is not None:
+            record["challenger_version"], record["challenger_score"] = model.version, score
+            shadow = champion.version if champion is not None else None
+        elif challenger is not None and challenger is not model:
+            shadow = challenger.version
         assert self.prediction_log is not None
         self.prediction_log.submit(record, shadow)
