@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 from kafka.partitioner.default import DefaultPartitioner, murmur2
 from kafka.serializer import DefaultSerializer
@@ -207,3 +207,21 @@ def wait_until_ready(bootstrap: str, timeout_s: float = 15.0) -> None:
             last_error = error
             time.sleep(0.1)
     raise BrokerUnavailable(f"no Kafka broker answered at {bootstrap} within {timeout_s:g} s ({last_error})")
+
+
+class RebalanceNotes(ConsumerRebalanceListener):
+    """Notes what changed; the loop acts on it after `poll` returns.
+
+    kafka-python runs these callbacks on its IO thread, where a blocking consumer call
+    (committed(), commit()) is refused and a long rebuild would stall heartbeats.
+    """
+
+    def __init__(self) -> None:
+        self.revoked: list[TopicPartition] = []
+        self.assigned: list[TopicPartition] = []
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        self.revoked.extend(revoked)
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        self.assigned.extend(assigned)

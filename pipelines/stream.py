@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import typer
-from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer, TopicPartition
 from kafka.coordinator.assignors.range import RangePartitionAssignor
 from kafka.structs import OffsetAndMetadata
 from prometheus_client import start_http_server
@@ -239,7 +239,7 @@ class StreamProcessor:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self.stop)
             signal.signal(signal.SIGINT, self.stop)
-        rebalance = _Rebalance()
+        rebalance = kafka_clients.RebalanceNotes()
         self.consumer.subscribe(list(INPUT_TOPICS), listener=rebalance)
         started = last_record = last_commit = time.monotonic()
         try:
@@ -463,24 +463,6 @@ class StreamProcessor:
 
 def _null_sink(view: str, entity_id: str, time_us: int, snapshot: Any) -> None:
     pass
-
-
-class _Rebalance(ConsumerRebalanceListener):
-    """Notes what changed; the loop acts on it after `poll` returns.
-
-    kafka-python runs these callbacks on its IO thread, where a blocking consumer call
-    (committed(), commit()) is refused and a long rebuild would stall heartbeats.
-    """
-
-    def __init__(self) -> None:
-        self.revoked: list[TopicPartition] = []
-        self.assigned: list[TopicPartition] = []
-
-    def on_partitions_revoked(self, revoked: Any) -> None:
-        self.revoked.extend(revoked)
-
-    def on_partitions_assigned(self, assigned: Any) -> None:
-        self.assigned.extend(assigned)
 
 
 def percentile(values: list[float], q: float) -> float | None:
