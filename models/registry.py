@@ -58,16 +58,17 @@ def connect(settings: Settings) -> MlflowClient:
     return MlflowClient(settings.mlflow_tracking_uri, settings.mlflow_tracking_uri)
 
 
-def experiment_id(settings: Settings) -> str:
-    """The training experiment; in the embedded profile its artifacts live under var/mlartifacts."""
+def experiment_id(settings: Settings, name: str = EXPERIMENT) -> str:
+    """An experiment (training by default); in the embedded profile its artifacts live under
+    var/mlartifacts (MLflow's own default would be ./mlruns in the working directory)."""
     client = connect(settings)
-    found = client.get_experiment_by_name(EXPERIMENT)
+    found = client.get_experiment_by_name(name)
     if found is not None:
         return str(found.experiment_id)
     location = None
     if settings.profile == "embedded":
         location = (settings.var_dir / "mlartifacts").resolve().as_uri()
-    return str(client.create_experiment(EXPERIMENT, artifact_location=location))
+    return str(client.create_experiment(name, artifact_location=location))
 
 
 def _version(client: MlflowClient, version: str) -> Any:
@@ -101,6 +102,20 @@ def _record(client: MlflowClient, entry: dict[str, Any]) -> None:
     client.set_registered_model_tag(MODEL_NAME, ALIAS_LOG_TAG, json.dumps(log, separators=(",", ":")))
 
 
+def _audit(settings: Settings, entry: dict[str, Any]) -> None:
+    """Alias moves also go to the one audit trail, beside the monitor's own actions."""
+    from monitoring import audit
+
+    audit.record(
+        settings,
+        entry["action"],
+        entry["why"],
+        actor=entry["by"],
+        versions={"alias": entry["alias"], "from": entry["from"], "to": entry["to"]},
+        at=datetime.fromisoformat(entry["at"]),
+    )
+
+
 def current_version(client: MlflowClient, alias: str) -> str | None:
     from mlflow.exceptions import MlflowException
 
@@ -127,6 +142,7 @@ def promote(
     }
     client.set_registered_model_alias(MODEL_NAME, alias, str(version))
     _record(client, entry)
+    _audit(settings, entry)
     return entry
 
 
@@ -166,6 +182,7 @@ def rollback(settings: Settings, reason: str, alias: str = CHAMPION, by: str | N
     }
     client.set_registered_model_alias(MODEL_NAME, alias, previous)
     _record(client, entry)
+    _audit(settings, entry)
     return entry
 
 
