@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from core.dataset import DatasetError
 from core.settings import get_settings
+from monitoring import monitor
 from pipelines import (
     backfill,
     broker,
@@ -51,6 +52,7 @@ app.command("rollback")(registry_cli.rollback)
 app.command("serve")(serve.cli)
 app.command("loadtest")(loadtest.cli)
 app.command("demo")(demo.cli)
+app.command("monitor")(monitor.cli)
 
 
 @app.command("clean")

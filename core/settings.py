@@ -78,6 +78,19 @@ class Settings(BaseSettings):
     blocked_devices: list[str] = Field(default_factory=list)
     impossible_travel_seconds: int = Field(default=3600, ge=0)
 
+    # Monitor (`fraudctl monitor`): windows are in event time, so a replay at a speed-up
+    # is monitored as the real days would be.
+    monitor_port: int = 9109
+    drift_window_hours: float = Field(default=24.0, gt=0, description="Tumbling drift window, event time.")
+    drift_window_decisions: int = Field(default=5_000, ge=100, description="The 'last M decisions' window.")
+    drift_windows_required: int = Field(default=3, ge=1, description="Drifted windows in a row for an alarm.")
+    drift_min_rows: int = Field(default=500, ge=50, description="A smaller window is skipped.")
+    monitor_retention_days: float = Field(default=45.0, gt=0, description="Predictions kept in state.")
+    maturity_days: float = Field(default=30.0, gt=0, description="Age at which a decision day is matured.")
+    skew_sample_rows: int = Field(default=300, ge=0, description="Rows re-joined offline per skew check.")
+    # Every scoring process the monitor acts on (canary share, reload) through its admin API.
+    scoring_urls: list[str] = Field(default_factory=list)  # default: http://serve_host:serve_port
+
     # Simulator defaults used by `fraudctl demo`.
     # 42 days: chargebacks take ~10 days (median), so training needs weeks of labelled history.
     demo_days: int = 42
@@ -95,6 +108,8 @@ class Settings(BaseSettings):
             self.mlflow_tracking_uri = f"sqlite:///{self.var_dir / 'mlflow.db'}"
         if self.data_dir is None:
             self.data_dir = self.var_dir / "data"
+        if not self.scoring_urls:
+            self.scoring_urls = [f"http://{self.serve_host}:{self.serve_port}"]
         return self
 
     # Paths derived from var_dir, so that `fraudctl clean` has one folder to remove.
@@ -111,6 +126,15 @@ class Settings(BaseSettings):
     def spool_dir(self) -> Path:
         """Predictions waiting for the broker (the scoring service's prediction log)."""
         return self.var_dir / "spool" / "predictions"
+
+    @property
+    def monitor_dir(self) -> Path:
+        """The monitor's checkpoint (state + offsets) and its Evidently reports."""
+        return self.var_dir / "monitor"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.var_dir / "reports"
 
     @property
     def feature_repo_dir(self) -> Path:

@@ -126,15 +126,17 @@ def ks(reference: Any, current: Any) -> tuple[float, float]:
     """Two-sample Kolmogorov-Smirnov test (two-sided, scipy's ``ks_2samp``): (statistic, p-value).
 
     Drift shows as a LOW p-value. Missing values are dropped; (nan, nan) if a side has none
-    left. scipy picks the exact distribution for small samples and the asymptotic one above
-    10,000 rows; with ties (counts, flags) the p-value is conservative. 3.3 ms for 5,000
-    reference rows and 50,000 current rows (this machine): most of `feature_drift`'s time.
+    left. The asymptotic distribution always: scipy's default picks the exact one when both
+    samples have under 10,000 rows, which is O(n·m) (84 ms a column at 5,000 x 2,000, measured:
+    the monitor spent 90 % of its time there), while the asymptotic p-value is already
+    accurate at these sizes. With ties (counts, flags) the p-value is conservative. 3.3 ms
+    for 5,000 reference rows and 50,000 current rows (this machine).
     """
     ref, cur = _values(reference), _values(current)
     ref, cur = ref[~np.isnan(ref)], cur[~np.isnan(cur)]
     if ref.size == 0 or cur.size == 0:
         return math.nan, math.nan
-    result = stats.ks_2samp(ref, cur)
+    result = stats.ks_2samp(ref, cur, method="asymp")
     return float(result.statistic), float(result.pvalue)
 
 
@@ -324,6 +326,35 @@ class DriftAlarm:
             if alarm is not None:  # the latest numbers, for the audit trail and the page
                 self._active[result.column] = replace(alarm, psi=result.psi, ks_pvalue=result.ks_pvalue)
         return AlarmUpdate(window_end, drifted, raised, cleared, self.active)
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able streaks and alarms (the monitor's checkpoint); `from_state` reads it back."""
+
+        def stamp(moment: datetime | None) -> str | None:
+            return None if moment is None else moment.isoformat()
+
+        return {
+            "windows_required": self.windows_required,
+            "last_end": stamp(self._last_end),
+            "streaks": {c: [s.drifted, s.clean, stamp(s.first_drifted)] for c, s in self._streaks.items()},
+            "active": {
+                c: [stamp(a.since), stamp(a.raised_at), a.psi, a.ks_pvalue] for c, a in self._active.items()
+            },
+        }
+
+    @classmethod
+    def from_state(cls, content: dict[str, Any]) -> DriftAlarm:
+        def moment(text: str | None) -> datetime | None:
+            return None if text is None else datetime.fromisoformat(text)
+
+        alarm = cls(int(content["windows_required"]))
+        alarm._last_end = moment(content["last_end"])
+        alarm._streaks = {c: _Streak(d, n, moment(f)) for c, (d, n, f) in content["streaks"].items()}
+        alarm._active = {
+            c: ActiveAlarm(c, moment(since), moment(raised), psi, p)  # type: ignore[arg-type]
+            for c, (since, raised, psi, p) in content["active"].items()
+        }
+        return alarm
 
 
 # --- metrics ------------------------------------------------------------------------------

@@ -198,6 +198,20 @@ class StreamMetrics:
 DRIFT_FEATURES = frozenset([*MODEL_FEATURES, "score"])  # the only values of the feature label
 DRIFT_WINDOW_OUTCOMES = ("clean", "drifted", "skipped")
 SERVED_BY = ("champion", "canary", "fallback", "kill_switch")  # the only values of served_by
+# The canary guard's checks (monitoring/canary.py), in report order: the only values of the
+# check label, and of the rollback reason (a rollback is counted under its first failing check).
+CANARY_CHECKS = (
+    "errors",
+    "latency",
+    "review_rate",
+    "decline_rate",
+    "rank_correlation",
+    "flip_rate",
+    "score_ks",
+    "precision",
+    "cost",
+)
+CANARY_VERDICTS = ("pending", "pass", "marginal", "fail")
 
 
 class MonitorMetrics:
@@ -246,6 +260,31 @@ class MonitorMetrics:
         )
         for outcome in DRIFT_WINDOW_OUTCOMES:  # every series exists from the first scrape
             self.drift_windows.labels(outcome)
+        self.records = Counter(
+            "fraud_monitor_records",
+            "Records the monitor consumed, by topic and outcome: kept, duplicate (a resend), invalid.",
+            ["topic", "outcome"],
+            registry=r,
+        )
+        for topic in ("predictions", "labels"):
+            for outcome in ("kept", "duplicate", "invalid"):
+                self.records.labels(topic, outcome)
+        from monitoring.audit import ACTIONS
+
+        self.monitor_actions = Counter(
+            "fraud_monitor_actions",
+            "Automatic actions of the monitor (each also in the audit trail), by action.",
+            ["action"],
+            registry=r,
+        )
+        for action in ACTIONS:
+            self.monitor_actions.labels(action)
+        self.lag = Gauge(
+            "fraud_monitor_consumer_lag",
+            "Records of a partition not yet consumed by the monitor.",
+            ["topic", "partition"],
+            registry=r,
+        )
 
         self.expected_precision = Gauge(
             "fraud_performance_expected_precision",
@@ -292,6 +331,61 @@ class MonitorMetrics:
             registry=r,
         )
 
+        # Training–serving skew (monitoring/skew.py): the latest check, per model feature.
+        self.skew_mismatch_share = Gauge(
+            "fraud_skew_mismatch_share",
+            "Share of the served vectors checked whose value of the feature differs from the training"
+            " path's (exact in float32), a stale online store included; NaN: not compared.",
+            ["feature"],
+            registry=r,
+        )
+        self.skew_stale_share = Gauge(
+            "fraud_skew_stale_share",
+            "Part of fraud_skew_mismatch_share a stale online store explains (the served value is the"
+            " training path's as of an earlier event of the entity).",
+            ["feature"],
+            registry=r,
+        )
+        self.skew_max_abs_difference = Gauge(
+            "fraud_skew_max_abs_difference",
+            "Largest |served - training path| of the feature in the latest check.",
+            ["feature"],
+            registry=r,
+        )
+        self.skew_rows_checked = Counter(
+            "fraud_skew_rows_checked", "Served vectors recomputed offline and compared.", registry=r
+        )
+
+        # Canary guard and rollback (monitoring/canary.py, monitoring/rollback.py).
+        self.canary_percent = Gauge(
+            "fraud_canary_percent",
+            "Share of cards (%) the challenger decides, as the guard last set or saw it.",
+            registry=r,
+        )
+        self.canary_verdict = Gauge(
+            "fraud_canary_verdict",
+            "1 on the guard's latest verdict, 0 on the others; all 0 while nothing is under evaluation.",
+            ["verdict"],
+            registry=r,
+        )
+        self.canary_check_failures = Counter(
+            "fraud_canary_check_failures",
+            "Guard evaluations (canary, shadow or a new champion's watch) in which a check failed.",
+            ["check"],
+            registry=r,
+        )
+        self.rollbacks = Counter(
+            "fraud_rollbacks",
+            "Automatic rollbacks of the champion, by the first failing check.",
+            ["reason"],
+            registry=r,
+        )
+        for verdict in CANARY_VERDICTS:
+            self.canary_verdict.labels(verdict)
+        for check in CANARY_CHECKS:
+            self.canary_check_failures.labels(check)
+            self.rollbacks.labels(check)
+
     @staticmethod
     def _check_served_by(served_by: str) -> None:
         if served_by not in SERVED_BY:
@@ -327,3 +421,30 @@ class MonitorMetrics:
             raise ValueError(f"{feature!r} is not a model feature nor the score: not a drift label")
         self.drift_psi.labels(feature).set(psi)
         self.drift_ks_pvalue.labels(feature).set(ks_pvalue)
+
+    def set_skew(
+        self, feature: str, mismatch_share: float, stale_share: float, max_abs_difference: float
+    ) -> None:
+        if feature not in MODEL_FEATURES:
+            raise ValueError(f"{feature!r} is not a model feature: not a skew label")
+        self.skew_mismatch_share.labels(feature).set(mismatch_share)
+        self.skew_stale_share.labels(feature).set(stale_share)
+        self.skew_max_abs_difference.labels(feature).set(max_abs_difference)
+
+    def set_canary(self, percent: float, verdict: str | None) -> None:
+        """The share and the latest verdict (None: nothing under evaluation)."""
+        if verdict is not None and verdict not in CANARY_VERDICTS:
+            raise ValueError(f"{verdict!r} is not one of {', '.join(CANARY_VERDICTS)}")
+        self.canary_percent.set(percent)
+        for value in CANARY_VERDICTS:
+            self.canary_verdict.labels(value).set(1 if value == verdict else 0)
+
+    def count_check_failure(self, check: str) -> None:
+        if check not in CANARY_CHECKS:
+            raise ValueError(f"{check!r} is not a guard check: {', '.join(CANARY_CHECKS)}")
+        self.canary_check_failures.labels(check).inc()
+
+    def count_rollback(self, reason: str) -> None:
+        if reason not in CANARY_CHECKS:
+            raise ValueError(f"{reason!r} is not a guard check: {', '.join(CANARY_CHECKS)}")
+        self.rollbacks.labels(reason).inc()
