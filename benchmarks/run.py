@@ -29,6 +29,7 @@ from rich.table import Table
 
 from benchmarks import (
     bench_feature_store,
+    bench_monitor,
     bench_score,
     bench_simulate,
     bench_stream,
@@ -46,6 +47,7 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "stream_skew": bench_stream_skew.run_benchmark,
     "train": bench_train.run_benchmark,
     "score": bench_score.run_benchmark,
+    "monitor": bench_monitor.run_benchmark,
 }
 
 

@@ -131,35 +131,37 @@ class Evaluator:
         latest_label = pd.Timestamp(labels["reported_at"].max()) if len(labels) else watermark
         return max(watermark, latest_label)
 
-    def pending(self, watermark: pd.Timestamp | None) -> bool:
-        """Whether a window ending at or before `watermark` is still to be evaluated."""
-        if watermark is None or self.last_window_end is None:
-            return watermark is not None and not self.state.predictions.empty
-        return self.last_window_end + self.window <= watermark
+    def _next_end(self, earliest: pd.Timestamp) -> pd.Timestamp:
+        if self.last_window_end is None:
+            return self._first_end(earliest)
+        return self.last_window_end + self.window
 
-    def advance(self, watermark: pd.Timestamp | None, max_windows: int | None = None) -> list[WindowResult]:
-        """Evaluate the windows that end at or before `watermark`, in order (up to `max_windows`).
+    def pending(self, watermark: pd.Timestamp | None, earliest: pd.Timestamp | None) -> bool:
+        """Whether a window ending at or before `watermark` is still to be evaluated."""
+        if watermark is None or earliest is None:
+            return False
+        return self._next_end(earliest) <= watermark
+
+    def advance(
+        self, watermark: pd.Timestamp | None, earliest: pd.Timestamp | None, max_windows: int | None = None
+    ) -> int:
+        """Evaluate the windows that end at or before `watermark`, in order (up to `max_windows`);
+        `earliest` is the first event time consumed (where the first window starts).
 
         The consumer asks for one at a time, so that it polls between windows (a consumer
-        that does not poll for `max_poll_interval_ms` is dropped from its group).
+        that does not poll for `max_poll_interval_ms` is dropped from its group). Returns
+        how many were evaluated.
         """
-        if watermark is None:
-            return []
-        predictions = self.state.predictions
-        if predictions.empty:
-            return []
-        if self.last_window_end is None:
-            end = self._first_end(pd.Timestamp(predictions["event_time"].min()))
-        else:
-            end = self.last_window_end + self.window
-        done: list[WindowResult] = []
+        if watermark is None or earliest is None:
+            return 0
+        end = self._next_end(earliest)  # checked before reading the frame: this runs every poll
         evaluated = 0
         while end <= watermark and (max_windows is None or evaluated < max_windows):
-            done.extend(self._evaluate(end))
+            self._evaluate(end)
             self.last_window_end = end
             end = end + self.window
             evaluated += 1
-        return done
+        return evaluated
 
     # --- one window -------------------------------------------------------------------------
     def _refresh_champion(self) -> None:

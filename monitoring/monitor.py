@@ -47,12 +47,13 @@ class MonitorSummary:
     duplicates: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TOPICS, 0))
     invalid: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TOPICS, 0))
     seconds: float = 0.0
+    busy_seconds: float = 0.0  # first record to the last record or window: the work itself
     windows_evaluated: int = 0
     resumed_from_checkpoint: bool = False
 
     @property
     def events_per_second(self) -> float:
-        return sum(self.consumed.values()) / self.seconds if self.seconds else 0.0
+        return sum(self.consumed.values()) / self.busy_seconds if self.busy_seconds else 0.0
 
 
 def _key(tp: TopicPartition) -> str:
@@ -83,6 +84,10 @@ class Monitor:
         self.partition_time: dict[str, int] = {
             k: int(v) for k, v in self.state.evaluator.get("partition_time", {}).items()
         }
+        self.earliest_us: int | None = self.state.evaluator.get("earliest_us")
+        from models import registry
+
+        registry.connect(settings)  # MLflow's imports and store now, not in the first window
         kafka_clients.wait_until_ready(settings.kafka_bootstrap)
         kafka_clients.ensure_topics(settings)
         self.consumer: KafkaConsumer = kafka_clients.consumer(settings, group_id, ())
@@ -99,6 +104,8 @@ class Monitor:
                 key = f"{topic}:{record.partition}"
                 if event_us > self.partition_time.get(key, 0):
                     self.partition_time[key] = event_us
+                if self.earliest_us is None or event_us < self.earliest_us:
+                    self.earliest_us = event_us
             else:
                 kept = self.state.add_label(Label.model_validate_json(record.value))
         except (ValidationError, ValueError) as error:
@@ -110,6 +117,9 @@ class Monitor:
         if not kept:
             self.summary.duplicates[topic] += 1
         self.metrics.records.labels(topic, outcome).inc()
+
+    def earliest(self) -> pd.Timestamp | None:
+        return None if self.earliest_us is None else pd.Timestamp(self.earliest_us * 1000, tz="UTC")
 
     def watermark(self) -> pd.Timestamp | None:
         """The event time every predictions partition that delivered anything has reached."""
@@ -129,6 +139,8 @@ class Monitor:
         self.consumer.subscribe(list(TOPICS), listener=rebalance)
         started = last_record = last_checkpoint = time.monotonic()
         consumed_any = False
+        first_work: float | None = None
+        last_work = started
         try:
             while not self._stopping.is_set():
                 polled = self.consumer.poll(timeout_ms=100, max_records=self.max_records)
@@ -146,12 +158,14 @@ class Monitor:
                         self.state.offsets[_key(tp)] = records[-1].offset + 1
                     if polled:
                         last_record, consumed_any = now, True
-                    self.evaluator.advance(self.watermark(), max_windows=1)
+                        first_work = now if first_work is None else first_work
+                    if polled or self.evaluator.advance(self.watermark(), self.earliest(), max_windows=1):
+                        last_work = time.monotonic()
                 if now - last_checkpoint >= self.checkpoint_interval_s:
                     self._checkpoint()
                     last_checkpoint = now
                 idle = now - last_record >= idle_exit_s if idle_exit_s is not None else False
-                if idle and consumed_any and not self.evaluator.pending(self.watermark()):
+                if idle and consumed_any and not self.evaluator.pending(self.watermark(), self.earliest()):
                     break
                 if idle_exit_s is not None and not consumed_any and now - started >= idle_exit_s + 10:
                     break  # nothing at all to read (the group join takes a few seconds)
@@ -160,6 +174,7 @@ class Monitor:
             self._checkpoint()
         finally:
             self.summary.seconds = time.monotonic() - started
+            self.summary.busy_seconds = last_work - first_work if first_work is not None else 0.0
             self.summary.windows_evaluated = self.evaluator.windows_evaluated
             self.consumer.close()
             self.evaluator.report_writer.close()  # after leaving the group: it may take seconds
@@ -186,6 +201,7 @@ class Monitor:
             self.state.evaluator = {
                 "evaluator": self.evaluator.state_dict(),
                 "partition_time": self.partition_time,
+                "earliest_us": self.earliest_us,
             }
             self.state.save()
             owned = {_key(tp): tp for tp in self.consumer.assignment()}
@@ -228,6 +244,7 @@ def cli(
     ] = None,
     group: Annotated[str, typer.Option(help="Consumer group.")] = GROUP_ID,
     checkpoint_interval: Annotated[float, typer.Option(help="Seconds between checkpoints.")] = 5.0,
+    max_records: Annotated[int, typer.Option(help="Largest poll, in records.")] = 5_000,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")] = False,
 ) -> None:
     """Watch every decision and label: drift, skew, delayed-label performance, canary guard, rollback.
