@@ -122,9 +122,13 @@ class Prediction(BaseModel):
 
     transaction_id: str
     card_id: str
-    # The other entities of the transaction: the skew monitor recomputes its vector offline.
+    # The request's own fields: the skew monitor recomputes the vector offline from them.
     merchant_id: str | None = None
     device_id: str | None = None
+    amount: float | None = None
+    channel: str | None = None
+    merchant_country: str | None = None
+    ip_country: str | None = None
     event_time: datetime
     scored_at: datetime
     score: float

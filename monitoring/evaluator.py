@@ -108,7 +108,7 @@ class Evaluator:
     expected: pd.DataFrame | None = None
     realised: pd.DataFrame | None = None
     _matured_through: pd.Timestamp | None = None
-    report_writer: ReportWriter = field(default_factory=lambda: ReportWriter())
+    worker: Worker = field(default_factory=lambda: Worker())
 
     def __post_init__(self) -> None:
         for kind in WINDOW_KINDS:
@@ -247,7 +247,15 @@ class Evaluator:
             if r.column in raised
         }
         name = f"drift-{end.strftime('%Y%m%dT%H%M')}.html"
-        self.report_writer.submit(self.settings, self.champion.reference, frame, name, self.champion.version)
+        columns = drift.DRIFT_COLUMNS
+        self.worker.submit(
+            write_report,
+            self.settings,
+            self.champion.reference[columns],
+            frame[columns],
+            name,
+            self.champion.version,
+        )
         self.reports.insert(0, {"name": name, "at": end.isoformat(), "features": raised})
         audit.record(
             self.settings,
@@ -369,38 +377,50 @@ class Evaluator:
 MONITOR_EXPERIMENT = "fraud-detector-monitoring"
 
 
-class ReportWriter:
-    """Evidently reports in a process of their own: one takes 4-30 s of pure-Python plotting
-    (measured; more on a busy machine), and the consumer must keep polling meanwhile."""
+class Worker:
+    """Slow work in a process of its own, so the consumer keeps polling: an Evidently report
+    takes 4-30 s of pure-Python plotting, a skew check 1-7 s of Feast joins (measured, more on
+    a busy machine). One process, started on first use, kept warm (its imports stay loaded)."""
 
     def __init__(self) -> None:
         self._pool: Any = None
         self._futures: list[Any] = []
 
-    def submit(
-        self, settings: Settings, reference: pd.DataFrame, frame: pd.DataFrame, name: str, version: str
-    ) -> None:
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-        columns = drift.DRIFT_COLUMNS
-        self._futures.append(
-            self._pool.submit(write_report, settings, reference[columns], frame[columns], name, version)
-        )
+            self._pool = ProcessPoolExecutor(
+                1, mp_context=multiprocessing.get_context("spawn"), initializer=_quiet_worker
+            )
+        future = self._pool.submit(fn, *args)
+        self._futures = [f for f in self._futures if not f.done()] + [future]
+        return future
 
     def close(self, wait: bool = True) -> None:
-        """Wait for the reports in progress (a drill reads them), then stop the worker."""
+        """Wait for the work in progress (a drill reads the reports), then stop the process."""
         for future in self._futures:
             try:
                 future.result() if wait else future.cancel()
-            except Exception as error:  # the alarm stands without its page
-                log.error("Evidently report failed: %s", error)
+            except Exception as error:  # an alarm stands without its page
+                log.error("background work failed: %s", error)
         self._futures = []
         if self._pool is not None:
             self._pool.shutdown(wait=wait)
             self._pool = None
+
+
+def _quiet_worker() -> None:
+    """Evidently's imports warn about their own dependencies' deprecations: not the user's."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*deprecated.*")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for chatty in ("feast", "mlflow", "alembic"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
 def write_report(

@@ -177,7 +177,7 @@ class Monitor:
             self.summary.busy_seconds = last_work - first_work if first_work is not None else 0.0
             self.summary.windows_evaluated = self.evaluator.windows_evaluated
             self.consumer.close()
-            self.evaluator.report_writer.close()  # after leaving the group: it may take seconds
+            self.evaluator.worker.close()  # after leaving the group: it may take seconds
         return self.summary
 
     def _resume(self, assigned: list[TopicPartition]) -> None:

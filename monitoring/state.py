@@ -59,6 +59,9 @@ PREDICTION_SCHEMA = pa.schema(
         ("latency_ms", pa.float64()),
         ("rule_hits", pa.string()),
         ("amount", pa.float64()),
+        ("channel", pa.string()),
+        ("merchant_country", pa.string()),
+        ("ip_country", pa.string()),
         *((name, pa.float32()) for name in MODEL_FEATURES),
     ]
 )
@@ -97,7 +100,9 @@ def _prediction_row(p: Prediction) -> dict[str, Any]:
     if missing:
         raise ValueError(f"prediction {p.transaction_id} lacks feature(s) {', '.join(missing[:3])}")
     row.update((name, features[name]) for name in MODEL_FEATURES)
-    row["amount"] = float(np.expm1(features["amount_log"]))
+    # Records written before the request's fields were logged: the amount from its feature.
+    row["amount"] = p.amount if p.amount is not None else float(np.expm1(features["amount_log"]))
+    row["channel"], row["merchant_country"], row["ip_country"] = p.channel, p.merchant_country, p.ip_country
     return row
 
 

@@ -211,19 +211,27 @@ def messages(transactions: pd.DataFrame, labels: pd.DataFrame, codes: np.ndarray
 
 
 def load(
-    data_dir: Path, limit: int | None, labels_after_end: bool, after: pd.Timestamp | None = None
+    data_dir: Path,
+    limit: int | None,
+    labels_after_end: bool,
+    after: pd.Timestamp | None = None,
+    until: pd.Timestamp | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The transactions to publish, and the labels due before the last of them (or after).
 
     With `limit`, only the published transactions' labels are published after the end:
     a verdict on a transaction the stream never saw is noise. With `after`, only what
-    happened after that time: transactions after it, labels reported after it.
+    happened after that time: transactions after it, labels reported after it. With
+    `until`, only what happened up to it (a drill replays its days in slices).
     """
     transactions = read_transactions(data_dir)
     labels = read_labels(data_dir)
     if after is not None:
         transactions = transactions[transactions["event_time"] > after].reset_index(drop=True)
         labels = labels[labels["reported_at"] > after].reset_index(drop=True)
+    if until is not None:
+        transactions = transactions[transactions["event_time"] <= until].reset_index(drop=True)
+        labels = labels[labels["reported_at"] <= until].reset_index(drop=True)
     transactions = transactions if limit is None else transactions.iloc[:limit].reset_index(drop=True)
     if transactions.empty:
         where = "" if after is None else f" after {after:%Y-%m-%d %H:%M} UTC"
@@ -245,6 +253,7 @@ def replay(
     labels_after_end: bool = True,
     score_url: str | None = None,
     after: pd.Timestamp | None = None,
+    until: pd.Timestamp | None = None,
 ) -> ReplaySummary:
     """Publish a dataset's transactions and labels to Kafka, merged by time and paced.
 
@@ -258,6 +267,7 @@ def replay(
         labels_after_end: Publish at the end the labels reported after the last transaction.
         score_url: Score each transaction at this scoring service before publishing it.
         after: Start after this time (e.g. the online store's cut, `backfill --hold-back-days`).
+        until: Stop at this time (transactions and labels up to it).
 
     Returns:
         Counts, timing and the number of failed sends: check `failed`, it is not raised.
@@ -273,7 +283,7 @@ def replay(
         raise ValueError(f"--speedup must be positive and without --rps, got {speedup} with {rps}")
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be at least 1, got {limit}")
-    transactions, labels = load(Path(data_dir), limit, labels_after_end, after)
+    transactions, labels = load(Path(data_dir), limit, labels_after_end, after, until)
     codes, due = plan(transactions, labels, rps, speedup)
     wait_until_ready(settings.kafka_bootstrap, timeout_s=10)
     ensure_topics(settings)
