@@ -17,7 +17,13 @@ The steps, in order:
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import json
+import os
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -38,7 +44,7 @@ from models.calibration import Method
 from models.costs import CostModel, Thresholds, choose_thresholds
 from models.evaluation import baseline_differences, diff_key, evaluate
 from models.metrics import average_precision
-from pipelines.train_windows import DEFAULT_GAP_DAYS, Windows, choose_windows
+from pipelines.train_windows import DEFAULT_GAP_DAYS, DEFAULT_RETRAIN_DAYS, Windows, choose_windows
 
 RULES, LOGISTIC = "rules", "logistic_regression"
 LIGHTGBM, MLP = "lightgbm", "mlp"
@@ -63,6 +69,13 @@ class TrainRequest:
     cost: CostModel = field(default_factory=CostModel)
     calibration: Method = "platt"
     register: bool = True
+    # Train *at* this time (event time; a drill's replay clock): transactions at or after it
+    # and labels reported after it are never read, and every window's labels are those known
+    # at it (`train_windows`). None: a backtest over the whole dataset.
+    now: datetime | None = None
+    # Drill only (`fraudctl drill bad-challenger`): permute the training and validation labels,
+    # so the model learns nothing. Never set by `fraudctl train`.
+    drill_shuffled_labels: bool = False
 
 
 @dataclass
@@ -118,8 +131,14 @@ def prepare_frames(settings: Settings, request: TrainRequest, progress: bool = F
     data_dir = Path(request.data_dir)
     fingerprint = dataset_fingerprint(data_dir) if (data_dir / "manifest.json").exists() else ""
     transactions, labels = read_transactions(data_dir), read_labels(data_dir)
+    now = None if request.now is None else pd.Timestamp(request.now)
+    if now is not None:  # a drill's dataset holds days past `now`: cut them before anything else
+        now = now.tz_localize("UTC") if now.tzinfo is None else now.tz_convert("UTC")
+        transactions = transactions[transactions["event_time"] < now]
+        labels = labels[labels["reported_at"] <= now]
     if transactions.empty:
-        raise DatasetError(f"{data_dir} holds no transactions")
+        before = "" if now is None else f" before {now}"
+        raise DatasetError(f"{data_dir} holds no transactions{before}")
     windows = choose_windows(
         transactions["event_time"].min(),
         transactions["event_time"].max(),
@@ -127,7 +146,8 @@ def prepare_frames(settings: Settings, request: TrainRequest, progress: bool = F
         request.train_end,
         request.gap_days,
         request.test_start,
-        request.test_end,
+        request.test_end or now,
+        now,
     )
     ensure_backfilled(settings, data_dir, progress=progress)
     times = transactions["event_time"]
@@ -137,7 +157,8 @@ def prepare_frames(settings: Settings, request: TrainRequest, progress: bool = F
     ]
     frame = build_training_frame(open_store(settings), used, labels, windows.label_cutoff)
     test_rows = frame["event_time"] >= windows.test_start
-    # The test window is judged by every label the dataset holds, as a backtest can know them.
+    # The test window is judged by every label the dataset holds, as a backtest can know them
+    # (a retraining: every label known at `now`, partial for the last days).
     eventual = labels_as_of(labels, labels["reported_at"].max()) if not labels.empty else set()
     frame.loc[test_rows, "label"] = frame.loc[test_rows, "transaction_id"].isin(eventual).astype("int8")
     parts = {
@@ -158,6 +179,10 @@ def prepare_frames(settings: Settings, request: TrainRequest, progress: bool = F
             )
     if parts["test"]["label"].sum() == 0:
         raise ValueError("no fraud labelled in the test window: nothing to evaluate against")
+    if request.drill_shuffled_labels:
+        rng = np.random.default_rng(request.seed)
+        for name in ("train", "valid"):
+            parts[name] = parts[name].assign(label=rng.permutation(parts[name]["label"].to_numpy()))
     train, valid, test = (part.reset_index(drop=True) for part in parts.values())
     return Frames(windows, train, valid, test, fingerprint)
 
@@ -230,6 +255,7 @@ class TrainResult:
     candidates: dict[str, Candidate]
     versions: dict[str, str]  # model name → registered version
     seconds: dict[str, float]  # per step, for the benchmark's breakdown
+    frames: Frames | None = None  # the rows it was trained and tested on
 
     @property
     def metrics(self) -> dict[str, dict[str, float]]:
@@ -295,7 +321,7 @@ def train(settings: Settings, request: TrainRequest, console: Console | None = N
         with step("mlflow", "logging runs and registering versions in MLflow…"):
             versions = log_and_register(settings, request, frames, candidates)
         done("mlflow", "registered " + ", ".join(f"{n} as version {v}" for n, v in versions.items()))
-    return TrainResult(frames.windows, candidates, versions, seconds)
+    return TrainResult(frames.windows, candidates, versions, seconds, frames)
 
 
 SHORT_NAMES = {
@@ -378,6 +404,24 @@ class ModelChoice(StrEnum):
 DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]
 
 
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Send whatever is written to stdout meanwhile to stderr, from Python or from C: DuckDB
+    (under Feast's offline store) draws its progress bar on file descriptor 1, even into a pipe,
+    and `--json` keeps stdout for its one JSON document."""
+    libc = ctypes.CDLL(None)
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        libc.fflush(None)  # C's buffered stdout goes out before fd 1 is restored
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def cli(
     data: Annotated[Path | None, typer.Option("--data", help="Dataset folder (simulate/import).")] = None,
     train_start: Annotated[
@@ -401,7 +445,10 @@ def cli(
         datetime | None,
         typer.Option(formats=DATE_FORMATS, help="Test ends (exclusive).", show_default="data end"),
     ] = None,
-    model: Annotated[ModelChoice, typer.Option(help="Which model(s) to train.")] = ModelChoice.all,
+    model: Annotated[
+        ModelChoice | None,
+        typer.Option(help="Which model(s) to train.", show_default="all; --retrain: lightgbm"),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 7,
     review_cost: Annotated[float, typer.Option(help="Cost of one manual review.")] = CostModel.review_cost,
     false_decline_share: Annotated[
@@ -414,12 +461,57 @@ def cli(
         str, typer.Option("--calibration", help="platt or isotonic, fitted on the validation window.")
     ] = "platt",
     register: Annotated[bool, typer.Option(help="Log to MLflow and register the models.")] = True,
+    now: Annotated[
+        datetime | None,
+        typer.Option(
+            formats=DATE_FORMATS,
+            help="Train at this event time: only transactions before it, labels reported by it.",
+            show_default="all the data",
+        ),
+    ] = None,
+    retrain: Annotated[
+        bool,
+        typer.Option(
+            "--retrain",
+            help="Retrain: train [now - train-days, now - gap-days), gate against the champion "
+            "on [now - gap-days, now), challenger only if it passes (exit 3 if not).",
+        ),
+    ] = False,
+    train_days: Annotated[
+        float, typer.Option(help="--retrain: days from training start to now.")
+    ] = DEFAULT_RETRAIN_DAYS,
+    reason: Annotated[str, typer.Option(help="--retrain: why, for the audit trail.")] = "by hand",
+    min_roc_auc: Annotated[float, typer.Option(help="--retrain gate: holdout ROC-AUC floor.")] = 0.80,
+    max_ap_drop: Annotated[
+        float,
+        typer.Option(
+            help="--retrain gate: fail if AP is below the champion's by more than this, beyond doubt."
+        ),
+    ] = 0.0,
+    min_ap_gain: Annotated[
+        float | None, typer.Option(help="--retrain gate: AP gain over the champion required.")
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
 ) -> None:
     """Train LightGBM and/or the MLP point-in-time, calibrate, pick cost-based thresholds, register.
 
     Example: fraudctl train --data var/data --gap-days 3 --model all --seed 7
+    Example: fraudctl train --retrain --now 2026-02-05 --train-days 28 --gap-days 7 --json
     """
     settings = get_settings()
+    if retrain:
+        from monitoring import retrain as retraining
+
+        if any(w is not None for w in (train_start, train_end, test_start, test_end)):
+            raise ValueError("--retrain chooses its windows from --now, --train-days and --gap-days")
+        if model == ModelChoice.all:
+            raise ValueError("--retrain trains one model: --model lightgbm or --model mlp")
+        gate = retraining.Gate(min_roc_auc, max_ap_drop, min_ap_gain)
+        data_dir, chosen = data or settings.demo_data_dir, LIGHTGBM if model is None else model.value
+        retraining.cli_step(
+            settings, data_dir, now, reason, train_days, gap_days, chosen, seed, gate, register, json_output
+        )
+        return
     if calibration_method not in ("platt", "isotonic"):
         raise ValueError(f"--calibration must be platt or isotonic, got {calibration_method!r}")
     request = TrainRequest(
@@ -429,14 +521,27 @@ def cli(
         gap_days=gap_days,
         test_start=test_start,
         test_end=test_end,
-        models=(LIGHTGBM, MLP) if model == ModelChoice.all else (model.value,),
+        models=(LIGHTGBM, MLP) if model in (None, ModelChoice.all) else (model.value,),
         seed=seed,
         cost=CostModel(review_cost, false_decline_share, review_cap),
         calibration="isotonic" if calibration_method == "isotonic" else "platt",
         register=register,
+        now=now,
     )
-    console = Console()
-    result = train(settings, request, console)
+    console = Console(stderr=json_output)
+    with stdout_to_stderr() if json_output else contextlib.nullcontext():
+        result = train(settings, request, console)
+    if json_output:
+        summary = {
+            "windows": result.windows.as_dict(),
+            "versions": result.versions,
+            # NaN (not defined for this model, e.g. the rules' savings vs the rules) → null
+            "metrics": {
+                m: {k: v if v == v else None for k, v in d.items()} for m, d in result.metrics.items()
+            },
+        }
+        typer.echo(json.dumps(summary))
+        return
     print_table(console, result)
 
 

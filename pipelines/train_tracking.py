@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import math
 import tempfile
-from dataclasses import asdict
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -89,8 +90,14 @@ def metadata(candidate: Candidate, frames: Frames, request: TrainRequest) -> dic
 
 
 def _reference_sample(candidate: Candidate, frames: Frames, seed: int) -> pd.DataFrame:
-    """A seeded sample of training rows with their calibrated scores: the drift reference."""
-    rows = frames.train.sample(min(REFERENCE_ROWS, len(frames.train)), random_state=seed)
+    """A seeded sample of validation rows with their calibrated scores: the drift reference.
+
+    The validation window, not the whole training window: its days are the latest the model
+    was fitted on, the closest to what it meets in serving. The first days of a dataset hold
+    histories still filling up (30-day counts, the 28-day merchant rate lagged 7 days), and a
+    reference drawn from them reads every later window as drifted (measured in the drills).
+    """
+    rows = frames.valid.sample(min(REFERENCE_ROWS, len(frames.valid)), random_state=seed)
     from models import calibration
 
     sample = rows[["transaction_id", "event_time", *MODEL_FEATURES, "label"]].reset_index(drop=True)
@@ -143,8 +150,10 @@ def _log_model_run(
     request: TrainRequest,
     comparison: dict[str, dict[str, float]],
     folder: Path,
-) -> str:
-    """Log one model's nested run and register its ONNX model; returns the version number."""
+    register: bool = True,
+) -> str | None:
+    """Log one model's nested run and register its ONNX model; returns the version number
+    (None when ``register`` is off: the run keeps the ONNX model, the registry does not)."""
     import mlflow
 
     labels, scores = frames.y("test"), candidate.test_scores
@@ -192,9 +201,11 @@ def _log_model_run(
 
     logging_utils.disable_logging()
     try:
-        info = _log_onnx(candidate, meta, folder, example, outputs)
+        info = _log_onnx(candidate, meta, folder, example, outputs, register)
     finally:
         logging_utils.enable_logging()
+    if not register:
+        return None
     version = str(info.registered_model_version)
     client.update_model_version(MODEL_NAME, version, description=files[MODEL_CARD_FILE])
     tags = {
@@ -213,12 +224,36 @@ def log_and_register(
     settings: Settings, request: TrainRequest, frames: Frames, candidates: dict[str, Candidate]
 ) -> dict[str, str]:
     """Log the parent and per-model runs; register every model. Returns {model: version}."""
+    return log_runs(settings, request, frames, candidates).versions
+
+
+@dataclass
+class LoggedRuns:
+    parent_run_id: str
+    run_ids: dict[str, str]  # model name → its nested run
+    versions: dict[str, str]  # model name → registered version (empty when not registered)
+
+
+def log_runs(
+    settings: Settings,
+    request: TrainRequest,
+    frames: Frames,
+    candidates: dict[str, Candidate],
+    *,
+    register: bool = True,
+    tags: Mapping[str, str] | None = None,
+    metrics: Mapping[str, float] | None = None,
+) -> LoggedRuns:
+    """`log_and_register`, with its run ids, extra ``tags`` and ``metrics`` on the parent run,
+    and ``register=False`` to keep the evidence (runs, ONNX, card) without a registry version:
+    what a retraining that failed its promotion gate leaves behind."""
     client = connect(settings)  # first: it sets MLflow's environment before the import
     import mlflow
 
     mlflow.set_experiment(experiment_id=experiment_id(settings))
     comparison = {name: c.metrics for name, c in candidates.items()}
     versions: dict[str, str] = {}
+    run_ids: dict[str, str] = {}
     with mlflow.start_run(run_name="train") as parent, tempfile.TemporaryDirectory(prefix="train-") as tmp:
         mlflow.log_params(
             {
@@ -232,6 +267,8 @@ def log_and_register(
             }
         )
         mlflow.set_tag("data_fingerprint", frames.fingerprint)
+        mlflow.set_tags(dict(tags or {}))
+        mlflow.log_metrics(_finite(dict(metrics or {})))
         for name, candidate in candidates.items():
             if candidate.onnx_bytes is None:  # a baseline: its numbers go on the parent run
                 mlflow.log_metrics({f"{name}.{k}": v for k, v in _finite(candidate.metrics).items()})
@@ -246,14 +283,24 @@ def log_and_register(
                 continue
             folder = Path(tmp) / name
             folder.mkdir()
-            with mlflow.start_run(run_name=name, nested=True, parent_run_id=parent.info.run_id):
+            with mlflow.start_run(run_name=name, nested=True, parent_run_id=parent.info.run_id) as run:
                 mlflow.set_tag("data_fingerprint", frames.fingerprint)
-                versions[name] = _log_model_run(client, candidate, frames, request, comparison, folder)
-    return versions
+                run_ids[name] = run.info.run_id
+                version = _log_model_run(client, candidate, frames, request, comparison, folder, register)
+                if version is not None:
+                    versions[name] = version
+    return LoggedRuns(parent.info.run_id, run_ids, versions)
 
 
-def _log_onnx(candidate: Candidate, meta: dict[str, Any], folder: Path, example: Any, outputs: Any) -> Any:
-    """Log the ONNX model with its extra files and register it as a new version."""
+def _log_onnx(
+    candidate: Candidate,
+    meta: dict[str, Any],
+    folder: Path,
+    example: Any,
+    outputs: Any,
+    register: bool = True,
+) -> Any:
+    """Log the ONNX model with its extra files and (``register``) register it as a new version."""
     import mlflow.onnx
     import onnx
     from mlflow.models import infer_signature
@@ -264,7 +311,7 @@ def _log_onnx(candidate: Candidate, meta: dict[str, Any], folder: Path, example:
         name="onnx",
         signature=infer_signature(example, outputs),
         input_example=example,
-        registered_model_name=MODEL_NAME,
+        registered_model_name=MODEL_NAME if register else None,
         metadata={k: meta[k] for k in ("model_type", "features", "calibration", "thresholds", "windows")},
         extra_files=[str(folder / name) for name in (METADATA_FILE, MODEL_CARD_FILE, REFERENCE_SAMPLE_FILE)],
         pip_requirements=["onnxruntime"],

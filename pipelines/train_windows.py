@@ -8,6 +8,9 @@ the model is trained at ``test_start`` from the labels reported by then (the lab
 cutoff), so training rows near ``train_end`` carry only the chargebacks that had time to
 arrive. The test window is then scored against every label the dataset holds.
 
+A retraining (`TrainRequest.now`) is instead trained *at* ``now``: its label cutoff is
+``now``, for training and test windows alike, and nothing after ``now`` is read.
+
 Defaults, for a dataset spanning D whole days: the test window is the last
 ``max(1, round(0.2·D))`` days, the gap 7 days before it (a week of chargebacks; the
 median delay is ~10 days), training everything earlier, and
@@ -24,6 +27,7 @@ import pandas as pd
 
 DAY = pd.Timedelta(days=1)
 DEFAULT_GAP_DAYS = 7
+DEFAULT_RETRAIN_DAYS = 28  # a retraining's window: [now - 28 days, now - gap), then the holdout
 TEST_SHARE = 0.2
 VALID_SHARE = 0.2
 
@@ -35,11 +39,12 @@ class Windows:
     train_end: pd.Timestamp
     test_start: pd.Timestamp
     test_end: pd.Timestamp
+    trained_at: pd.Timestamp | None = None  # a retraining's `now`; None: a backtest, at test_start
 
     @property
     def label_cutoff(self) -> pd.Timestamp:
         """Training (and validation) labels are those reported by the time the model is trained."""
-        return self.test_start
+        return self.test_start if self.trained_at is None else self.trained_at
 
     @property
     def gap_days(self) -> float:
@@ -47,9 +52,12 @@ class Windows:
 
     def as_dict(self) -> dict[str, str]:
         names = ["train_start", "valid_start", "train_end", "test_start", "test_end"]
-        return {name: getattr(self, name).isoformat() for name in names} | {
-            "label_cutoff": self.label_cutoff.isoformat()
-        }
+        trained = {} if self.trained_at is None else {"trained_at": self.trained_at.isoformat()}
+        return (
+            {name: getattr(self, name).isoformat() for name in names}
+            | trained
+            | {"label_cutoff": self.label_cutoff.isoformat()}
+        )
 
 
 def _utc(value: datetime | pd.Timestamp | None) -> pd.Timestamp | None:
@@ -67,10 +75,12 @@ def choose_windows(
     gap_days: float = DEFAULT_GAP_DAYS,
     test_start: datetime | None = None,
     test_end: datetime | None = None,
+    trained_at: datetime | None = None,
 ) -> Windows:
     """Fill in the windows not given from the data's span; raise ValueError if they do not fit.
 
-    Naive datetimes are read as UTC. Ends are exclusive.
+    Naive datetimes are read as UTC. Ends are exclusive. ``trained_at`` (a retraining's
+    ``now``) moves the label cutoff there; it may not precede the test window's end.
     """
     if gap_days < 0:
         raise ValueError(f"--gap-days must be >= 0, got {gap_days}")
@@ -104,4 +114,7 @@ def choose_windows(
             f"the training window ({(tr_end - tr_start) / DAY:.1f} days) is too short to keep "
             "at least one day for validation"
         )
-    return Windows(tr_start, valid_start, tr_end, t_start, t_end)
+    at = _utc(trained_at)
+    if at is not None and at < t_end:
+        raise ValueError(f"the test window ends {t_end:%Y-%m-%d %H:%M}, after the training time {at}")
+    return Windows(tr_start, valid_start, tr_end, t_start, t_end, at)
