@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from core.dataset import DatasetError
 from core.settings import get_settings
-from monitoring import monitor
+from monitoring import drill, monitor
 from pipelines import (
     backfill,
     broker,
@@ -53,6 +53,7 @@ app.command("serve")(serve.cli)
 app.command("loadtest")(loadtest.cli)
 app.command("demo")(demo.cli)
 app.command("monitor")(monitor.cli)
+app.add_typer(drill.app, name="drill")
 
 
 @app.command("clean")

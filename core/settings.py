@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     drift_min_rows: int = Field(default=500, ge=50, description="A smaller window is skipped.")
     monitor_retention_days: float = Field(default=45.0, gt=0, description="Predictions kept in state.")
     maturity_days: float = Field(default=30.0, gt=0, description="Age at which a decision day is matured.")
+    retrain_train_days: float = Field(default=28.0, gt=0, description="Retraining: days of training data.")
+    retrain_gap_days: float = Field(default=7.0, ge=0, description="Retraining: holdout = one label delay.")
+    retrain_after_drift_days: float = Field(default=1.0, ge=0, description="Drifted days to train on.")
     skew_sample_rows: int = Field(default=300, ge=0, description="Rows re-joined offline per skew check.")
     # Every scoring process the monitor acts on (canary share, reload) through its admin API.
     scoring_urls: list[str] = Field(default_factory=list)  # default: http://serve_host:serve_port

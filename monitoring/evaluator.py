@@ -301,6 +301,11 @@ class Evaluator:
             "drifted_features": self.drifted_features,
             "windows_evaluated": self.windows_evaluated,
             "matured_through": None if self._matured_through is None else self._matured_through.isoformat(),
+            "hooks": {
+                name: hook.state_dict()
+                for name, hook in self.hooks.items()
+                if hasattr(hook, "state_dict")
+            },
         }
 
     def restore(self, content: dict[str, Any]) -> None:
@@ -316,6 +321,10 @@ class Evaluator:
         self.drift_alarm_at = None if stamp is None else pd.Timestamp(stamp)
         self.drifted_features = list(content.get("drifted_features", []))
         self.windows_evaluated = int(content.get("windows_evaluated", 0))
+        for name, hook_state in content.get("hooks", {}).items():
+            restore = getattr(self.hooks.get(name), "restore", None)
+            if restore is not None:
+                restore(hook_state)
         # Matured cohorts are recomputed on the next window: they depend only on the rows.
 
     # --- what the page and --json show ----------------------------------------------------------

@@ -68,5 +68,100 @@ def skew_hook(settings: Settings) -> Hook:
     return check
 
 
-def default_hooks(settings: Settings) -> dict[str, Hook]:
-    return {"skew": skew_hook(settings)}
+def run_retrain(
+    settings: Settings, now: pd.Timestamp, reason: str, train_days: float, gap_days: float
+) -> Any:
+    """In the monitor's worker process: `fraudctl train --retrain`, as the monitor."""
+    from monitoring.retrain import retrain
+
+    result = retrain(settings, now, reason, train_days=train_days, gap_days=gap_days, by="monitor")
+    return result.as_dict()
+
+
+class RetrainTrigger:
+    """Retrain on a sustained drift alarm (or on a schedule): `fraudctl train --retrain` at `now`.
+
+    Training ends one label delay (`retrain_gap_days`) before `now`, so a retraining started
+    the moment an alarm is raised would learn nothing of the drift: it is due once the
+    training window holds `retrain_after_drift_days` of drifted days. One at a time; the
+    guard then finds the challenger it registered, shadows it and hands it to the canary.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.future: Any = None
+        self.alarm_handled: str | None = None  # the drift alarm (its start) already retrained on
+        self.last: dict[str, Any] = {}
+
+    def busy(self) -> bool:
+        return self.future is not None and not self.future.done()
+
+    def __call__(self, evaluator: Evaluator, end: pd.Timestamp) -> dict[str, Any] | None:
+        s = self.settings
+        if self.future is not None and self.future.done():
+            try:
+                result = self.future.result()
+                self.last = {"at": self.last.get("at"), "passed": result.get("passed"), "result": result}
+            except Exception as error:
+                log.error("retraining failed: %s", error)
+                self.last = {"at": self.last.get("at"), "error": f"{type(error).__name__}: {error}"}
+            self.future = None
+        alarm = evaluator.drift_alarm_at
+        if self.future is None and alarm is not None and self.alarm_handled != alarm.isoformat():
+            since = min(
+                (pd.Timestamp(a.since) for kind in evaluator.alarms.values() for a in kind.active.values()),
+                default=alarm,
+            )
+            due = since + pd.Timedelta(days=s.retrain_gap_days + s.retrain_after_drift_days)
+            if end >= max(due, alarm):
+                self.alarm_handled = alarm.isoformat()
+                reason = (
+                    f"drift alarm since {since:%Y-%m-%d %H:%M}: {', '.join(evaluator.drifted_features[:5])}"
+                )
+                self.last = {"at": end.isoformat(), "reason": reason}
+                self.future = evaluator.worker.submit(
+                    run_retrain, s, end, reason, s.retrain_train_days, s.retrain_gap_days
+                )
+                log.warning("retraining at %s: %s", end, reason)
+        return {**self.last, "running": self.busy()} if self.last else None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"alarm_handled": self.alarm_handled}
+
+    def restore(self, content: dict[str, Any]) -> None:
+        self.alarm_handled = content.get("alarm_handled")
+
+
+class GuardHook:
+    """The canary guard and the rollback watch (`monitoring.rollback.Guard`), ticked each window."""
+
+    def __init__(self, settings: Settings, config: Any = None) -> None:
+        self.settings = settings
+        self.config = config  # a canary.GuardConfig; None: its defaults
+        self.guard: Any = None
+        self._state: dict[str, Any] | None = None
+
+    def __call__(self, evaluator: Evaluator, end: pd.Timestamp) -> dict[str, Any] | None:
+        from monitoring.rollback import Guard
+
+        if self.guard is None:
+            self.guard = Guard.from_state(self.settings, self._state, self.config, metrics=evaluator.metrics)
+        report: dict[str, Any] = self.guard.tick(
+            evaluator.state.predictions, evaluator.state.labels, evaluator.now(end)
+        )
+        return report
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.guard.state_dict() if self.guard is not None else (self._state or {})
+
+    def restore(self, content: dict[str, Any]) -> None:
+        self._state = content or None
+
+
+def default_hooks(settings: Settings, guard_config: Any = None) -> dict[str, Hook]:
+    """Every part of the loop, in the order they run after a window."""
+    return {
+        "skew": skew_hook(settings),
+        "retrain": RetrainTrigger(settings),
+        "canary": GuardHook(settings, guard_config),
+    }

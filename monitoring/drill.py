@@ -1,0 +1,385 @@
+"""`fraudctl drill`: the closed loop end to end, on demand, in the embedded profile.
+
+Each drill builds its own small world under `var/drills/NAME/` and runs the real parts:
+the Tansu broker, `fraudctl stream` and `fraudctl serve` in their own processes, and the
+monitor (with every hook of `monitoring.loop`) in this one. Days are replayed through the
+scoring service one slice at a time; after each slice the drill waits until the monitor
+has read everything and any retraining it started has finished. Event time thus stands
+still while a model trains (minutes of wall time on this machine), as if training were
+instant: the detection delay is reported in event-time hours, and it does not depend on
+how fast this machine trains.
+
+    drift --kind amount-shift|new-merchant-mix|new-fraud-pattern   the loop detects and adapts
+    drift --kind none                                              the false-alarm control
+    bad-challenger                                                 the guard stops a bad canary
+    bad-champion                                                   the monitor rolls back
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import pandas as pd
+import typer
+
+from core.settings import Settings, get_settings
+from models import registry
+from monitoring import audit
+from monitoring.monitor import Monitor
+
+DRIFT_KINDS = ("amount-shift", "new-merchant-mix", "new-fraud-pattern", "none")
+
+
+@dataclass(frozen=True)
+class DrillWorld:
+    """The drills' world: small enough to train in a minute, large enough for 12 h windows.
+
+    ~1,200 transactions a day; the champion trains on the days before `replay_from`
+    (labels as known then), the replay covers `lead_days` clean days and then the drift.
+    """
+
+    cards: int = 600
+    merchants: int = 100
+    # 50 days before the drift: 30-day card histories and the merchants' 28-day rate lagged 7
+    # days are full by the training window's end (the reference sample's days).
+    days: int = 58
+    drift_start: int = 52  # day index: the drift starts at midnight of that day
+    lead_days: int = 2  # clean days replayed before it (the no-alarm baseline of the page)
+    seed: int = 7
+    fraud_rate: float = 0.01
+    window_hours: float = 12.0
+    slice_hours: float = 12.0
+
+    @property
+    def replay_from_day(self) -> int:
+        return self.drift_start - self.lead_days
+
+
+@dataclass
+class DrillReport:
+    drill: str
+    kind: str | None = None
+    drift_start: str | None = None
+    drift_detected: bool = False
+    drifted_features: list[str] = field(default_factory=list)
+    detection_hours: float | None = None
+    retrained: bool = False
+    actions: list[dict[str, Any]] = field(default_factory=list)
+    champion_before: str | None = None
+    champion_after: str | None = None
+    canary_stopped: bool = False
+    rolled_back: bool = False
+    passed: bool = False
+    verdict: str = ""
+    matured_before: list[dict[str, Any]] = field(default_factory=list)
+    matured_after: list[dict[str, Any]] = field(default_factory=list)
+    steps: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class Drill:
+    """The running parts of one drill, and the steps every drill shares."""
+
+    def __init__(self, name: str, base: Settings, world: DrillWorld, say: Callable[[str], None]) -> None:
+        from services.serve import free_port
+
+        self.name, self.world, self.say = name, world, say
+        folder = base.var_dir / "drills" / name
+        if folder.exists():
+            shutil.rmtree(folder)
+        self.settings = base.model_copy(
+            update={
+                "var_dir": folder,
+                "data_dir": folder / "data",
+                # Derived from var_dir when settings are built, so set again for the drill's own.
+                "mlflow_tracking_uri": f"sqlite:///{folder / 'mlflow.db'}"
+                if base.profile == "embedded"
+                else base.mlflow_tracking_uri,
+                "kafka_bootstrap": f"127.0.0.1:{free_port()}",
+                "serve_port": free_port(),
+                "scoring_urls": [],
+                "drift_window_hours": world.window_hours,
+                "drift_min_rows": 300,
+                "registry_poll_seconds": 1.0,
+                "maturity_days": 7.0,
+            }
+        )
+        self.settings.scoring_urls = [f"http://127.0.0.1:{self.settings.serve_port}"]
+        self.report = DrillReport(drill=name)
+        self.monitor: Monitor | None = None
+        self._thread: threading.Thread | None = None
+        self._processes: list[subprocess.Popen] = []
+        self._started = time.monotonic()
+
+    def step(self, text: str) -> None:
+        elapsed = time.monotonic() - self._started
+        line = f"[{elapsed:5.0f} s] {text}"
+        self.report.steps.append(line)
+        self.say(line)
+
+    # --- the world --------------------------------------------------------------------------
+    def day(self, index: int) -> pd.Timestamp:
+        from pipelines.simulate import SimulationParams
+
+        return pd.Timestamp(SimulationParams(1, 1, 10, 0).start, tz="UTC") + pd.Timedelta(days=index)
+
+    def build(self, drift: str | None) -> None:
+        """Simulate, fill the feature store up to the replay, train and promote the champion."""
+        from pipelines import simulate
+        from pipelines.backfill import backfill
+        from pipelines.train import LIGHTGBM, TrainRequest, train
+
+        w, s = self.world, self.settings
+        assert s.data_dir is not None
+        params = simulate.SimulationParams(
+            w.days, w.cards, w.merchants, w.seed, fraud_rate=w.fraud_rate,
+            drift=drift, drift_start=w.drift_start if drift else None,
+        )  # fmt: skip
+        simulate.run(s.data_dir, params)
+        self.step(
+            f"simulated {w.days} days, {w.cards:,} cards"
+            + (f", drift {drift} from day {w.drift_start}" if drift else "")
+        )
+        backfill(s.data_dir, s, hold_back_days=w.days - w.replay_from_day)
+        replay_from = self.day(w.replay_from_day)
+        self.step(f"feature store backfilled up to {replay_from:%Y-%m-%d} (the replay starts there)")
+        result = train(
+            s,
+            TrainRequest(
+                data_dir=s.data_dir, models=(LIGHTGBM,), now=replay_from.to_pydatetime(), seed=w.seed
+            ),
+        )
+        version = result.versions[LIGHTGBM]
+        registry.promote(
+            s, version, registry.CHAMPION, reason="drill: the champion before the drift", by="drill"
+        )
+        self.report.champion_before = version
+        self.step(f"champion: version {version}, trained on the days before {replay_from:%Y-%m-%d}")
+
+    # --- the running parts ----------------------------------------------------------------------
+    @contextmanager
+    def running(self) -> Iterator[Drill]:
+        from monitoring.loop import default_hooks
+        from pipelines.broker import EmbeddedBroker
+        from services.serve import free_port, start_in_background
+
+        s = self.settings
+        logs = s.var_dir / "logs"
+        with EmbeddedBroker(s):
+            try:
+                self._stream_port = free_port()
+                stream_args = ["stream", "--metrics-port", str(self._stream_port)]
+                self._processes.append(self._spawn(stream_args, logs / "stream.log"))
+                self._warm_stream()
+                self._processes.append(start_in_background(s, s.serve_port, logs / "serve.log"))
+                self.step(f"stream processor and scoring service up ({s.scoring_urls[0]})")
+                self.monitor = Monitor(s, hooks=default_hooks(s), checkpoint_interval_s=2.0)
+                self._thread = threading.Thread(target=self.monitor.run, name="monitor", daemon=True)
+                self._thread.start()
+                yield self
+            finally:
+                if self.monitor is not None:
+                    self.monitor.stop()
+                if self._thread is not None:
+                    self._thread.join(120)
+                for process in self._processes:
+                    process.terminate()
+                for process in self._processes:
+                    try:
+                        process.wait(30)
+                    except subprocess.TimeoutExpired:
+                        process.kill()
+
+    def _warm_stream(self, timeout_s: float = 300.0) -> None:
+        """Publish the days before the replay (unscored), so the stream holds every card's history.
+
+        The online store was backfilled up to the replay, but the stream processor keeps its
+        own state, rebuilt from the topic: without the earlier days in it, the first write of
+        each card would replace its stored 30-day history with a few hours' (measured: every
+        7- and 30-day feature then reads as drifted).
+        """
+        from pipelines.replay import replay
+
+        assert self.settings.data_dir is not None
+        until = self.day(self.world.replay_from_day)
+        published = replay(self.settings.data_dir, self.settings, until=until, labels_after_end=False)
+        deadline = time.monotonic() + timeout_s
+        while self._stream_consumed() < published.transactions:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the stream processor did not read the history in time")
+            time.sleep(0.5)
+        self.step(f"stream processor read the {published.transactions:,} transactions before the replay")
+
+    def _stream_consumed(self) -> float:
+        import httpx
+        from prometheus_client.parser import text_string_to_metric_families
+
+        try:
+            text = httpx.get(f"http://127.0.0.1:{self._stream_port}/metrics", timeout=2).text
+        except httpx.TransportError:
+            return 0.0
+        for family in text_string_to_metric_families(text):
+            if family.name == "fraud_stream_messages_consumed":
+                for sample in family.samples:
+                    if sample.name.endswith("_total") and sample.labels.get("topic") == "transactions":
+                        return sample.value
+        return 0.0
+
+    def _spawn(self, args: list[str], log_path: Path) -> subprocess.Popen:
+        import os
+
+        env = os.environ | {
+            "FRAUD_VAR_DIR": str(self.settings.var_dir),
+            "FRAUD_KAFKA_BOOTSTRAP": self.settings.kafka_bootstrap,
+            "FRAUD_MLFLOW_TRACKING_URI": self.settings.mlflow_tracking_uri,
+        }
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        fraudctl = Path(sys.executable).parent / "fraudctl"
+        with log_path.open("w") as log:
+            return subprocess.Popen([str(fraudctl), *args], env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def replay(
+        self, start: pd.Timestamp, end: pd.Timestamp, until_done: Callable[[], bool] | None = None
+    ) -> None:
+        """Replay (start, end] in slices through the scoring service; after each, wait for the loop."""
+        from pipelines.replay import replay
+
+        assert self.settings.data_dir is not None
+        cut = start
+        while cut < end:
+            nxt = min(end, cut + pd.Timedelta(hours=self.world.slice_hours))
+            summary = replay(
+                self.settings.data_dir, self.settings, after=cut, until=nxt,
+                score_url=self.settings.scoring_urls[0], labels_after_end=False,
+            )  # fmt: skip
+            if summary.score_errors:
+                raise RuntimeError(f"scoring errors in the replay: {summary.score_errors}")
+            self.wait_for_loop(summary.transactions)
+            cut = nxt
+            if until_done is not None and until_done():
+                return
+
+    def wait_for_loop(self, scored: int, timeout_s: float = 600.0) -> None:
+        """Until the monitor has read what was scored and its work (windows, retraining) is done."""
+        assert self.monitor is not None
+        self._expected = getattr(self, "_expected", 0) + scored
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            m = self.monitor
+            consumed = len(m.state._seen_predictions) + len(m.state._new["predictions"])
+            busy = any(getattr(hook, "busy", lambda: False)() for hook in m.evaluator.hooks.values())
+            if (
+                consumed >= self._expected
+                and not m.evaluator.pending(m.watermark(), m.earliest())
+                and not busy
+            ):
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"the monitor did not catch up in {timeout_s:.0f} s")
+
+    # --- the summary ---------------------------------------------------------------------------
+    def finish(self, passed: bool, verdict: str) -> DrillReport:
+        r, s = self.report, self.settings
+        assert self.monitor is not None
+        evaluator = self.monitor.evaluator
+        r.drift_detected = evaluator.drift_alarm_at is not None
+        r.drifted_features = list(evaluator.drifted_features)
+        if evaluator.drift_alarm_at is not None and r.drift_start is not None:
+            r.detection_hours = (evaluator.drift_alarm_at - pd.Timestamp(r.drift_start)) / pd.Timedelta(
+                hours=1
+            )
+        r.actions = [e for e in audit.read(s) if e["actor"] == "monitor"]
+        r.retrained = any(e["action"] == "retrain" for e in r.actions)
+        r.canary_stopped = any(e["action"] == "canary_stop" for e in r.actions)
+        r.rolled_back = any(e["action"] == "rollback" for e in r.actions)
+        r.champion_after = registry.current_version(registry.connect(s), registry.CHAMPION)
+        r.passed, r.verdict = passed, verdict
+        r.seconds = round(time.monotonic() - self._started, 1)
+        return r
+
+
+def run_drift(kind: str, base: Settings, world: DrillWorld, say: Callable[[str], None]) -> DrillReport:
+    """The drift drill: detect, retrain, shadow, canary, promote or stop; or, with 'none', nothing."""
+    if kind not in DRIFT_KINDS:
+        raise ValueError(f"--kind must be one of {', '.join(DRIFT_KINDS)}, got {kind!r}")
+    drill = Drill(f"drift-{kind}", base, world, say)
+    drill.build(None if kind == "none" else kind)
+    drift_start = drill.day(world.drift_start)
+    drill.report.kind, drill.report.drift_start = kind, drift_start.isoformat()
+    with drill.running():
+        drill.replay(drill.day(world.replay_from_day), drill.day(world.days))
+        drill.step("replay done")
+    evaluator_alarm = drill.monitor.evaluator.drift_alarm_at if drill.monitor else None
+    if kind == "none":
+        passed = evaluator_alarm is None and not any(
+            e["action"] == "retrain" for e in audit.read(drill.settings)
+        )
+        verdict = "no drift alarm and no retraining over the same span" if passed else "a false alarm"
+    else:
+        detected = evaluator_alarm is not None and evaluator_alarm >= drift_start
+        passed = detected
+        verdict = "drift detected after it started" if detected else "drift not detected"
+    return drill.finish(passed, verdict)
+
+
+def print_report(report: DrillReport) -> None:
+    print(json.dumps(report.as_dict(), indent=2, default=str))  # noqa: T201
+
+
+def _hours(delta: timedelta) -> float:
+    return delta / timedelta(hours=1)
+
+
+def cli_drift(
+    kind: Annotated[
+        str, typer.Option("--kind", help="amount-shift, new-merchant-mix, new-fraud-pattern or none.")
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")] = False,
+) -> None:
+    """Drift drill: simulate a drift, detect it, retrain, canary, promote; 'none' is the control.
+
+    Example: fraudctl drill drift --kind amount-shift --json
+    """
+    from rich.console import Console
+
+    console = Console(stderr=True, highlight=False)
+    _stop_children_on_sigterm()
+    report = run_drift(kind, get_settings(), DrillWorld(), console.print)
+    _emit(report, as_json)
+
+
+def _stop_children_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C, so the drill's broker, stream and service are stopped too."""
+    import signal
+
+    def stop(*_: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+
+
+def _emit(report: DrillReport, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report.as_dict(), default=str))  # noqa: T201
+    else:
+        print_report(report)
+    if not report.passed:
+        raise typer.Exit(1)
+
+
+app = typer.Typer(help="Scripted drills of the closed loop (embedded profile).", no_args_is_help=True)
+app.command("drift")(cli_drift)
