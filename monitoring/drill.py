@@ -45,25 +45,46 @@ DRIFT_KINDS = ("amount-shift", "new-merchant-mix", "new-fraud-pattern", "none")
 class DrillWorld:
     """The drills' world: small enough to train in a minute, large enough for 12 h windows.
 
-    ~1,200 transactions a day; the champion trains on the days before `replay_from`
+    ~1,000 transactions a day; the champion trains on the days before `replay_from`
     (labels as known then), the replay covers `lead_days` clean days and then the drift.
     """
 
     cards: int = 600
     merchants: int = 100
-    # 50 days before the drift: 30-day card histories and the merchants' 28-day rate lagged 7
-    # days are full by the training window's end (the reference sample's days).
-    days: int = 58
-    drift_start: int = 52  # day index: the drift starts at midnight of that day
+    # 56 days before the replay: the validation window (the reference sample's days) starts
+    # after day 35, when the 30-day card histories and the merchants' 28-day counts lagged
+    # 7 days are full. 13 drifted days: 3 windows to alarm; retraining once the training
+    # window (which ends one label delay before `now`) holds a drifted day; a day of shadow;
+    # two canary steps of a day each; promotion.
+    days: int = 71
+    drift_start: int = 58  # day index: the drift starts at midnight of that day
     lead_days: int = 2  # clean days replayed before it (the no-alarm baseline of the page)
     seed: int = 7
-    fraud_rate: float = 0.01
-    window_hours: float = 12.0
+    # 2 %: the retraining's holdout (the last 7 days, labels as known then: ~12 % of its
+    # fraud) must hold enough labelled fraud for the gate (~15 here).
+    fraud_rate: float = 0.02
+    window_hours: float = 24.0
     slice_hours: float = 12.0
+    retrain_gap_days: float = 7.0
+    retrain_train_days: float = 21.0
 
     @property
     def replay_from_day(self) -> int:
         return self.drift_start - self.lead_days
+
+
+def guard_config() -> Any:
+    """The guard at the drill's scale: ~1,000 decisions a day, so steps of a day, 100 rows an arm."""
+    from monitoring.canary import GuardConfig
+
+    return GuardConfig(
+        steps=(10.0, 50.0),
+        hold=timedelta(hours=20),
+        min_rows=100,
+        max_marginal=timedelta(days=2),
+        watch_hold=timedelta(hours=20),
+        min_matured_rows=200,
+    )
 
 
 @dataclass
@@ -116,6 +137,8 @@ class Drill:
                 "drift_min_rows": 300,
                 "registry_poll_seconds": 1.0,
                 "maturity_days": 7.0,
+                "retrain_gap_days": world.retrain_gap_days,
+                "retrain_train_days": world.retrain_train_days,
             }
         )
         self.settings.scoring_urls = [f"http://127.0.0.1:{self.settings.serve_port}"]
@@ -187,7 +210,7 @@ class Drill:
                 self._warm_stream()
                 self._processes.append(start_in_background(s, s.serve_port, logs / "serve.log"))
                 self.step(f"stream processor and scoring service up ({s.scoring_urls[0]})")
-                self.monitor = Monitor(s, hooks=default_hooks(s), checkpoint_interval_s=2.0)
+                self.monitor = Monitor(s, hooks=default_hooks(s, guard_config()), checkpoint_interval_s=2.0)
                 self._thread = threading.Thread(target=self.monitor.run, name="monitor", daemon=True)
                 self._thread.start()
                 yield self
@@ -336,8 +359,135 @@ def run_drift(kind: str, base: Settings, world: DrillWorld, say: Callable[[str],
     return drill.finish(passed, verdict)
 
 
+def served_champions(drill: Drill) -> list[str | None]:
+    """The champion version every scoring process serves now (GET /v1/model)."""
+    import httpx
+
+    versions = []
+    for url in drill.settings.scoring_urls:
+        champion = httpx.get(f"{url}/v1/model", timeout=5).json()["champion"]
+        versions.append(champion["version"] if champion else None)
+    return versions
+
+
+def _admin(drill: Drill, path: str, body: dict[str, Any] | None = None) -> None:
+    """An operator's call to every scoring process (the drills' hand-made moves)."""
+    import httpx
+
+    headers = {"authorization": f"Bearer {drill.settings.admin_token}"}
+    for url in drill.settings.scoring_urls:
+        httpx.post(f"{url}{path}", json=body, headers=headers, timeout=30).raise_for_status()
+
+
+def run_bad_challenger(base: Settings, world: DrillWorld, say: Callable[[str], None]) -> DrillReport:
+    """A challenger trained on shuffled labels is given a canary share by hand; the guard must stop it."""
+    from monitoring.retrain import train_bad_challenger
+
+    drill = Drill("bad-challenger", base, world, say)
+    drill.build(None)
+    start = drill.day(world.replay_from_day)
+    with drill.running():
+        drill.replay(start, start + pd.Timedelta(days=1))
+        now = start + pd.Timedelta(days=1)
+        bad = train_bad_challenger(drill.settings, now, data_dir=drill.settings.data_dir)
+        drill.step(f"bad challenger: version {bad.version} (shuffled labels), registered without the gate")
+        _admin(drill, "/admin/reload")
+        _admin(drill, "/admin/canary", {"percent": 10.0})
+        drill.step("an operator gives it 10 % of the cards (POST /admin/canary)")
+        stopped = lambda: any(e["action"] == "canary_stop" for e in audit.read(drill.settings))  # noqa: E731
+        drill.replay(now, drill.day(world.days), until_done=stopped)
+        drill.step(
+            "canary stopped by the guard" if stopped() else "replay done: the canary was never stopped"
+        )
+        percents = [httpx_get_percent(url) for url in drill.settings.scoring_urls]
+    report = drill.finish(False, "")
+    passed = (
+        report.canary_stopped and report.champion_after == report.champion_before and set(percents) == {0.0}
+    )
+    report.passed = passed
+    report.verdict = (
+        "the guard stopped the bad canary; the champion is unchanged"
+        if passed
+        else f"canary stopped: {report.canary_stopped}, champion {report.champion_before} → "
+        f"{report.champion_after}, shares {percents}"
+    )
+    return report
+
+
+def httpx_get_percent(url: str) -> float:
+    import httpx
+
+    return float(httpx.get(f"{url}/v1/model", timeout=5).json()["canary_percent"])
+
+
+def run_bad_champion(base: Settings, world: DrillWorld, say: Callable[[str], None]) -> DrillReport:
+    """A bad version is promoted to champion by hand; the monitor must roll back, and serving follow."""
+    from monitoring.retrain import train_bad_challenger
+
+    drill = Drill("bad-champion", base, world, say)
+    drill.build(None)
+    start = drill.day(world.replay_from_day)
+    with drill.running():
+        drill.replay(start, start + pd.Timedelta(days=1))
+        now = start + pd.Timedelta(days=1)
+        bad = train_bad_challenger(drill.settings, now, data_dir=drill.settings.data_dir)
+        registry.promote(
+            drill.settings,
+            str(bad.version),
+            registry.CHAMPION,
+            reason="drill: a bad promotion by hand",
+            by="operator",
+        )
+        _admin(drill, "/admin/reload")
+        drill.step(f"an operator promotes version {bad.version} (shuffled labels) to champion by hand")
+        rolled_back = lambda: any(e["action"] == "rollback" for e in audit.read(drill.settings))  # noqa: E731
+        drill.replay(now, drill.day(world.days), until_done=rolled_back)
+        deadline = time.monotonic() + 30  # the services poll the registry every second
+        while time.monotonic() < deadline and set(served_champions(drill)) != {drill.report.champion_before}:
+            time.sleep(0.5)
+        served = served_champions(drill)
+        drill.step(f"rolled back; every scoring process serves version {', '.join(map(str, served))}")
+    report = drill.finish(False, "")
+    report.passed = (
+        report.rolled_back
+        and report.champion_after == report.champion_before
+        and set(served) == {report.champion_before}
+    )
+    report.verdict = (
+        "the monitor rolled back to the previous champion, and every process serves it"
+        if report.passed
+        else f"rolled back: {report.rolled_back}, champion {report.champion_after}, served {served}"
+    )
+    return report
+
+
+def summary_table(report: DrillReport) -> Any:
+    """The drill's outcome for a person: what was detected, what the loop did, the verdict."""
+    from rich.table import Table
+
+    table = Table(title=f"drill {report.drill}", show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("")
+    if report.kind is not None:
+        table.add_row("drift", f"{report.kind} from {report.drift_start}")
+        hours = "–" if report.detection_hours is None else f"{report.detection_hours:.0f} h of event time"
+        table.add_row("detected", f"{'yes' if report.drift_detected else 'no'} ({hours})")
+        table.add_row("drifted features", ", ".join(report.drifted_features) or "–")
+    table.add_row("retrained", "yes" if report.retrained else "no")
+    table.add_row("champion", f"{report.champion_before} → {report.champion_after}")
+    table.add_row("canary stopped", "yes" if report.canary_stopped else "no")
+    table.add_row("rolled back", "yes" if report.rolled_back else "no")
+    for entry in report.actions:
+        table.add_row(f"  {entry['action']}", str(entry["reason"])[:120])
+    table.add_row("verdict", f"{'PASSED' if report.passed else 'FAILED'}: {report.verdict}")
+    table.add_row("wall time", f"{report.seconds:.0f} s")
+    return table
+
+
 def print_report(report: DrillReport) -> None:
-    print(json.dumps(report.as_dict(), indent=2, default=str))  # noqa: T201
+    from rich.console import Console
+
+    Console().print(summary_table(report))
 
 
 def _hours(delta: timedelta) -> float:
@@ -381,5 +531,37 @@ def _emit(report: DrillReport, as_json: bool) -> None:
         raise typer.Exit(1)
 
 
+def cli_bad_challenger(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")] = False,
+) -> None:
+    """A challenger trained on shuffled labels gets a canary share; the guard must stop it.
+
+    Example: fraudctl drill bad-challenger --json
+    """
+    from rich.console import Console
+
+    _stop_children_on_sigterm()
+    _emit(
+        run_bad_challenger(get_settings(), DrillWorld(), Console(stderr=True, highlight=False).print), as_json
+    )
+
+
+def cli_bad_champion(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")] = False,
+) -> None:
+    """A bad version is promoted by hand; the monitor must roll back and every process serve the old one.
+
+    Example: fraudctl drill bad-champion --json
+    """
+    from rich.console import Console
+
+    _stop_children_on_sigterm()
+    _emit(
+        run_bad_champion(get_settings(), DrillWorld(), Console(stderr=True, highlight=False).print), as_json
+    )
+
+
 app = typer.Typer(help="Scripted drills of the closed loop (embedded profile).", no_args_is_help=True)
 app.command("drift")(cli_drift)
+app.command("bad-challenger")(cli_bad_challenger)
+app.command("bad-champion")(cli_bad_champion)

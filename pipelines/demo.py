@@ -121,3 +121,12 @@ def cli(
     from services.serve import demo_step as serve_demo_step
 
     serve_demo_step(settings, data_dir, console, cut)
+
+    console.rule(
+        "[bold]7. close the loop: drift drill (amount-shift) → alarm → retrain → shadow → canary → promote"
+    )
+    from monitoring.drill import DrillWorld, run_drift
+    from monitoring.drill import summary_table as drill_table
+
+    report = run_drift("amount-shift", settings, DrillWorld(), console.print)
+    console.print(drill_table(report))

@@ -280,7 +280,7 @@ def legit_amount_ratio(txns: pd.DataFrame) -> float:
 
 
 def test_amount_shift_raises_legit_amounts_by_half_from_drift_start() -> None:
-    assert legit_amount_ratio(drifted("amount-shift")) == pytest.approx(1.5, abs=0.12)
+    assert legit_amount_ratio(drifted("amount-shift")) == pytest.approx(simulate.AMOUNT_SHIFT, rel=0.08)
     assert legit_amount_ratio(drifted(None)) == pytest.approx(1.0, abs=0.12)
 
 
