@@ -67,7 +67,7 @@ def test_ks_p_value_is_low_for_a_shift_and_high_for_the_same_distribution() -> N
     assert p_same > 0.05 and p_shift < 1e-10  # drift = a LOW p-value
     assert stat_shift > stat_same
     a, b = r.normal(size=300), r.normal(0.1, 1, 700)
-    assert ks(a, b) == pytest.approx(tuple(stats.ks_2samp(a, b))[:2])
+    assert ks(a, b) == pytest.approx(tuple(stats.ks_2samp(a, b, method="asymp"))[:2])
 
 
 def test_thresholds_point_each_method_the_right_way() -> None:
@@ -296,7 +296,9 @@ def test_evidently_report_names_exactly_the_shifted_column_with_the_method_asked
             assert (mine > threshold) == (theirs.value > threshold) == (column == "amount_log")
         else:
             assert (mine < threshold) == (theirs.value < threshold) == (column == "amount_log")
-            assert theirs.value == pytest.approx(mine, rel=1e-6, abs=1e-300)  # the same scipy test
+            # Evidently runs scipy's default (the exact distribution below 10,000 rows), we the
+            # asymptotic one: the same test, p-values close where it matters.
+            assert theirs.value == pytest.approx(mine, rel=0.05, abs=1e-4)
 
 
 def test_evidently_would_pick_another_method_by_itself(
