@@ -481,7 +481,7 @@ def cli(
         float, typer.Option(help="--retrain: days from training start to now.")
     ] = DEFAULT_RETRAIN_DAYS,
     reason: Annotated[str, typer.Option(help="--retrain: why, for the audit trail.")] = "by hand",
-    min_roc_auc: Annotated[float, typer.Option(help="--retrain gate: holdout ROC-AUC floor.")] = 0.80,
+    min_roc_auc: Annotated[float, typer.Option(help="--retrain gate: holdout ROC-AUC floor.")] = 0.70,
     max_ap_drop: Annotated[
         float,
         typer.Option(
