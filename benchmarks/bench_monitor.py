@@ -40,7 +40,7 @@ def synthetic_log(
     for i in range(n):
         event_time = START + timedelta(seconds=float(offsets[i]))
         tid = f"t{seed}_{i:07d}"
-        record = {
+        record: dict[str, Any] = {
             "transaction_id": tid,
             "card_id": f"c{i % 5000}",
             "merchant_id": f"m{i % 300}",
