@@ -73,6 +73,10 @@ class DrillWorld:
         return self.drift_start - self.lead_days
 
 
+# The guard drills need a day of clean traffic and a few days for the guard, no drift.
+SHORT_WORLD = DrillWorld(days=61)
+
+
 def guard_config() -> Any:
     """The guard at the drill's scale: ~1,000 decisions a day, so steps of a day, 100 rows an arm."""
     from monitoring.canary import GuardConfig
@@ -504,12 +508,7 @@ def cli_drift(
 
     Example: fraudctl drill drift --kind amount-shift --json
     """
-    from rich.console import Console
-
-    console = Console(stderr=True, highlight=False)
-    _stop_children_on_sigterm()
-    report = run_drift(kind, get_settings(), DrillWorld(), console.print)
-    _emit(report, as_json)
+    _run_cli(lambda settings, say: run_drift(kind, settings, DrillWorld(), say), as_json)
 
 
 def _stop_children_on_sigterm() -> None:
@@ -531,6 +530,13 @@ def _emit(report: DrillReport, as_json: bool) -> None:
         raise typer.Exit(1)
 
 
+def _run_cli(drill: Callable[[Settings, Callable[[str], None]], DrillReport], as_json: bool) -> None:
+    from rich.console import Console
+
+    _stop_children_on_sigterm()
+    _emit(drill(get_settings(), Console(stderr=True, highlight=False).print), as_json)
+
+
 def cli_bad_challenger(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")] = False,
 ) -> None:
@@ -538,12 +544,7 @@ def cli_bad_challenger(
 
     Example: fraudctl drill bad-challenger --json
     """
-    from rich.console import Console
-
-    _stop_children_on_sigterm()
-    _emit(
-        run_bad_challenger(get_settings(), DrillWorld(), Console(stderr=True, highlight=False).print), as_json
-    )
+    _run_cli(lambda settings, say: run_bad_challenger(settings, SHORT_WORLD, say), as_json)
 
 
 def cli_bad_champion(
@@ -553,12 +554,7 @@ def cli_bad_champion(
 
     Example: fraudctl drill bad-champion --json
     """
-    from rich.console import Console
-
-    _stop_children_on_sigterm()
-    _emit(
-        run_bad_champion(get_settings(), DrillWorld(), Console(stderr=True, highlight=False).print), as_json
-    )
+    _run_cli(lambda settings, say: run_bad_champion(settings, SHORT_WORLD, say), as_json)
 
 
 app = typer.Typer(help="Scripted drills of the closed loop (embedded profile).", no_args_is_help=True)

@@ -334,6 +334,15 @@ class Evaluator:
         # Matured cohorts are recomputed on the next window: they depend only on the rows.
 
     # --- what the page and --json show ----------------------------------------------------------
+    def _serving(self) -> dict[str, Any]:
+        """The challenger and the canary share, as the guard last saw them."""
+        guard = self.hook_reports.get("canary") or {}
+        challenger = (guard.get("report") or {}).get("challenger")
+        return {
+            "challenger": {"version": str(challenger), "model_type": "?"} if challenger else None,
+            "canary_percent": guard.get("percent"),
+        }
+
     def snapshot(self) -> dict[str, Any]:
         counts = self.state.counts()
         predictions = self.state.predictions
@@ -359,6 +368,7 @@ class Evaluator:
             "champion": None
             if self.champion is None
             else {"version": self.champion.version, "model_type": self.champion.model_type},
+            **self._serving(),
             "counts": {
                 "predictions": counts["predictions"],
                 "labels": counts["labels"],

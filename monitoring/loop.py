@@ -149,7 +149,15 @@ class GuardHook:
         report: dict[str, Any] = self.guard.tick(
             evaluator.state.predictions, evaluator.state.labels, evaluator.now(end)
         )
-        return report
+        judged = report.get("canary") or report.get("watch") or {}
+        # The page's shape (state, share, verdict, checks), with the guard's whole report beside.
+        return {
+            "state": report.get("phase"),
+            "percent": report.get("canary_percent"),
+            "verdict": judged.get("verdict"),
+            "checks": judged.get("checks", []),
+            "report": report,
+        }
 
     def state_dict(self) -> dict[str, Any]:
         return self.guard.state_dict() if self.guard is not None else (self._state or {})

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from core.settings import Settings
-from monitoring.drill import DrillWorld, run_bad_challenger, run_bad_champion, run_drift
+from monitoring.drill import SHORT_WORLD, DrillWorld, run_bad_challenger, run_bad_champion, run_drift
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
@@ -43,14 +43,14 @@ def test_no_drift_raises_no_alarm_and_no_retraining(tmp_path: Path) -> None:
 
 
 def test_a_bad_challenger_given_a_canary_share_is_stopped(tmp_path: Path) -> None:
-    report = run_bad_challenger(_settings(tmp_path), WORLD, print)
+    report = run_bad_challenger(_settings(tmp_path), SHORT_WORLD, print)
     assert report.passed, report.verdict
     assert report.canary_stopped
     assert report.champion_after == report.champion_before
 
 
 def test_a_bad_champion_promoted_by_hand_is_rolled_back_and_served_no_more(tmp_path: Path) -> None:
-    report = run_bad_champion(_settings(tmp_path), WORLD, print)
+    report = run_bad_champion(_settings(tmp_path), SHORT_WORLD, print)
     assert report.passed, report.verdict
     assert report.rolled_back
     assert report.champion_after == report.champion_before
