@@ -2,7 +2,10 @@
 ONNX Runtime, Evidently, the scoring service and the stream processor in their processes).
 
 Each drill takes minutes: the slowest tests of the suite, and each one checks a whole claim
-of the monitoring issue at once.
+of the monitoring issue at once. The guard's two drills (`bad-challenger`, `bad-champion`)
+are not run here, to keep CI under its 30 minutes: their claims (a bad canary is stopped
+with the champion untouched; a bad champion is rolled back and every process serves the
+restored one) are tested against real scoring processes in test_canary_guard.py.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from core.settings import Settings
-from monitoring.drill import SHORT_WORLD, DrillWorld, run_bad_challenger, run_bad_champion, run_drift
+from monitoring.drill import DrillWorld, run_drift
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
@@ -39,18 +42,4 @@ def test_no_drift_raises_no_alarm_and_no_retraining(tmp_path: Path) -> None:
     assert report.passed, report.verdict
     assert not report.drift_detected and report.drifted_features == []
     assert not report.retrained
-    assert report.champion_after == report.champion_before
-
-
-def test_a_bad_challenger_given_a_canary_share_is_stopped(tmp_path: Path) -> None:
-    report = run_bad_challenger(_settings(tmp_path), SHORT_WORLD, print)
-    assert report.passed, report.verdict
-    assert report.canary_stopped
-    assert report.champion_after == report.champion_before
-
-
-def test_a_bad_champion_promoted_by_hand_is_rolled_back_and_served_no_more(tmp_path: Path) -> None:
-    report = run_bad_champion(_settings(tmp_path), SHORT_WORLD, print)
-    assert report.passed, report.verdict
-    assert report.rolled_back
     assert report.champion_after == report.champion_before
