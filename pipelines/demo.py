@@ -25,7 +25,7 @@ def cli(
         int | None, typer.Option(help="Cards to simulate (default: settings.demo_cards).")
     ] = None,
 ) -> None:
-    """Simulate → backfill → online features → stream a day → train and register → serve and load-test.
+    """Simulate → backfill → features → stream a day → train → serve and load-test → a drift drill.
 
     Example: fraudctl demo --days 42 --cards 2000
     """

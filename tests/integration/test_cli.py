@@ -35,6 +35,8 @@ def test_help_lists_every_verb(tmp_path: Path) -> None:
         "promote",
         "rollback",
         "demo",
+        "monitor",
+        "drill",
         "clean",
         "bench",
     ):
