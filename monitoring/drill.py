@@ -219,7 +219,16 @@ class Drill:
                 self.monitor = Monitor(s, hooks=default_hooks(s, guard_config()), checkpoint_interval_s=2.0)
                 self._thread = threading.Thread(target=self.monitor.run, name="monitor", daemon=True)
                 self._thread.start()
-                yield self
+                from monitoring.http import start_monitor_server, stop_monitor_server
+
+                page, page_thread = start_monitor_server(
+                    0, self.monitor.metrics.registry, self.monitor.snapshot, s.reports_dir
+                )
+                self.step(f"monitor running; its page: {page.url}/")
+                try:
+                    yield self
+                finally:
+                    stop_monitor_server(page, page_thread)
             finally:
                 if self.monitor is not None:
                     self.monitor.stop()
