@@ -290,7 +290,7 @@ def test_new_merchant_mix_routes_a_third_of_legit_traffic_to_new_merchants() -> 
     new = legit["merchant_id"].str.startswith("m_new_")
     after = legit["event_time"] >= SWITCH
     assert not new[~after].any()
-    assert new[after].mean() == pytest.approx(0.3, abs=0.03)
+    assert new[after].mean() == pytest.approx(simulate.NEW_MERCHANT_SHARE, abs=0.03)
     assert (legit.loc[new, "merchant_category"] == "crypto").all()
     assert not drifted(None)["merchant_id"].str.startswith("m_new_").any()
 
