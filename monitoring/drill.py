@@ -443,8 +443,9 @@ def run_bad_champion(base: Settings, world: DrillWorld, say: Callable[[str], Non
     drill.build(None)
     start = drill.day(world.replay_from_day)
     with drill.running():
-        drill.replay(start, start + pd.Timedelta(days=1))
-        now = start + pd.Timedelta(days=1)
+        # Past the end of the first window, so that the guard has seen the old champion serve.
+        now = start + pd.Timedelta(days=2.5)
+        drill.replay(start, now)
         bad = train_bad_challenger(drill.settings, now, data_dir=drill.settings.data_dir)
         registry.promote(
             drill.settings,
@@ -461,7 +462,10 @@ def run_bad_champion(base: Settings, world: DrillWorld, say: Callable[[str], Non
         while time.monotonic() < deadline and set(served_champions(drill)) != {drill.report.champion_before}:
             time.sleep(0.5)
         served = served_champions(drill)
-        drill.step(f"rolled back; every scoring process serves version {', '.join(map(str, served))}")
+        drill.step(
+            f"{'rolled back' if rolled_back() else 'not rolled back'}; the scoring processes serve "
+            f"version {', '.join(map(str, served))}"
+        )
     report = drill.finish(False, "")
     report.passed = (
         report.rolled_back
