@@ -53,10 +53,10 @@ class DrillWorld:
     merchants: int = 100
     # 56 days before the replay: the validation window (the reference sample's days) starts
     # after day 35, when the 30-day card histories and the merchants' 28-day counts lagged
-    # 7 days are full. 13 drifted days: 3 windows to alarm; retraining once the training
+    # 7 days are full. 16 drifted days: 3 windows to alarm; retraining once the training
     # window (which ends one label delay before `now`) holds a drifted day; a day of shadow;
     # two canary steps of a day each; promotion.
-    days: int = 71
+    days: int = 74
     drift_start: int = 58  # day index: the drift starts at midnight of that day
     lead_days: int = 2  # clean days replayed before it (the no-alarm baseline of the page)
     seed: int = 7
@@ -76,11 +76,21 @@ class DrillWorld:
 
 
 # The guard drills need a day of clean traffic and a few days for the guard, no drift.
-SHORT_WORLD = DrillWorld(days=61)
+SHORT_WORLD = DrillWorld(days=62)
 
 
 def guard_config() -> Any:
-    """The guard at the drill's scale: ~1,000 decisions a day, so steps of a day, 100 rows an arm."""
+    """The guard at the drill's scale: ~1,000 decisions a day, so steps of a day, 100 rows an arm.
+
+    After a drift, a retrained challenger is *meant* to decide differently from the drifted
+    champion (in the amount-shift drill the champion reviews 5.4 % of traffic, the retrained
+    model 2.6 %), so the shifts in review and decline rates, the flip rate and the score KS
+    are reported but not critical here, with wide bounds: measured, with the defaults the
+    retrained challenger stayed marginal in shadow and was never given a share. What stays
+    critical is what says broken rather than different: errors, latency, the rank correlation
+    with the champion (a model trained on shuffled labels: 0.19 in the bad-challenger drill,
+    against >= 0.3 required) and, once labels mature, precision and cost.
+    """
     from monitoring.canary import GuardConfig
 
     return GuardConfig(
@@ -90,6 +100,11 @@ def guard_config() -> Any:
         max_marginal=timedelta(days=2),
         watch_hold=timedelta(hours=20),
         min_matured_rows=200,
+        review_rel=3.0,
+        decline_rel=3.0,
+        flip_max=0.1,
+        ks_max=0.6,
+        critical=frozenset({"errors", "latency", "rank_correlation", "precision", "cost"}),
     )
 
 
