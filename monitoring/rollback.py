@@ -327,6 +327,13 @@ class Guard:
                         "since": s.last_now,
                         "fast_done": False,
                     }
+                    if self.config.keep_predecessor and challenger != s.champion:
+                        # As after its own promotions: the predecessor shadows, so the watch
+                        # compares on the same rows (a hand promotion leaves it unscored).
+                        errors: dict[str, Any] = {"errors": []}
+                        self._keep_predecessor(s.champion, champion, errors)
+                        notes.extend(errors["errors"])
+                        challenger = s.champion
             s.champion, s.own_move = champion, None
             if s.watch is not None and s.watch["version"] != champion:
                 s.watch = None
