@@ -360,6 +360,13 @@ class Drill:
         r.canary_stopped = any(e["action"] == "canary_stop" for e in r.actions)
         r.rolled_back = any(e["action"] == "rollback" for e in r.actions)
         r.champion_after = registry.current_version(registry.connect(s), registry.CHAMPION)
+        # Matured cohorts (maturity `maturity_days`, 7 in the drills) of each champion's decisions.
+        from monitoring.page import records
+
+        matured = records(evaluator.realised)
+        r.matured_before = [m for m in matured if str(m.get("model_version")) == str(r.champion_before)]
+        if r.champion_after != r.champion_before:
+            r.matured_after = [m for m in matured if str(m.get("model_version")) == str(r.champion_after)]
         r.passed, r.verdict = passed, verdict
         r.seconds = round(time.monotonic() - self._started, 1)
         return r
