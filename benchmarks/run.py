@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks import (
+    bench_drift,
     bench_feature_store,
     bench_monitor,
     bench_score,
@@ -48,6 +49,7 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "train": bench_train.run_benchmark,
     "score": bench_score.run_benchmark,
     "monitor": bench_monitor.run_benchmark,
+    "drift": bench_drift.run_benchmark,
 }
 
 
