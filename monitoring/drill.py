@@ -333,7 +333,7 @@ class Drill:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             m = self.monitor
-            consumed = len(m.state._seen_predictions) + len(m.state._new["predictions"])
+            consumed = m.state.counts()["predictions"]  # distinct transactions kept so far
             busy = any(getattr(hook, "busy", lambda: False)() for hook in m.evaluator.hooks.values())
             if (
                 consumed >= self._expected
@@ -529,10 +529,6 @@ def print_report(report: DrillReport) -> None:
     from rich.console import Console
 
     Console().print(summary_table(report))
-
-
-def _hours(delta: timedelta) -> float:
-    return delta / timedelta(hours=1)
 
 
 def cli_drift(
