@@ -26,6 +26,7 @@ from typing import Annotated, Any
 import pandas as pd
 import typer
 from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
 from pydantic import ValidationError
 
 from core.events import LABELS_TOPIC, PREDICTIONS_TOPIC, Label, Prediction
@@ -208,14 +209,19 @@ class Monitor:
             offsets = {
                 owned[k]: OffsetAndMetadata(v, "", -1) for k, v in self.state.offsets.items() if k in owned
             }
-        if offsets:
-            self.consumer.commit(offsets)  # for lag dashboards; a restart trusts the checkpoint
-        for tp in owned.values():
-            high = self.consumer.highwater(tp)  # Tansu's end_offsets answer is wrong
-            if high is not None:
-                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(
-                    max(0, high - self.consumer.position(tp))
-                )
+        try:
+            if offsets:
+                self.consumer.commit(offsets)  # for lag dashboards; a restart trusts the checkpoint
+            for tp in owned.values():
+                high = self.consumer.highwater(tp)  # Tansu's end_offsets answer is wrong
+                if high is not None:
+                    self.metrics.lag.labels(tp.topic, str(tp.partition)).set(
+                        max(0, high - self.consumer.position(tp))
+                    )
+        except KafkaError as error:
+            # A rebalance under way (a busy machine can miss heartbeats): the commit is refused
+            # or a partition was just revoked. The checkpoint above already holds the offsets.
+            log.warning("offset commit skipped (%s): %s", type(error).__name__, error)
 
     def snapshot(self) -> dict[str, Any]:
         with self.lock:

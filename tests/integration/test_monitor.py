@@ -70,18 +70,26 @@ def test_a_killed_and_restarted_monitor_ends_as_an_uninterrupted_one(
     fraudctl = Path(sys.executable).parent / "fraudctl"
     command = [str(fraudctl), "monitor", "--group", "killed", "--port", "-1", "--checkpoint-interval", "0.2"]
     command += ["--max-records", "200"]  # small polls: the kill lands mid-way
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log_path = tmp_path / "killed-monitor.log"
+    log = log_path.open("w")
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     checkpoint = killed.monitor_dir / CHECKPOINT_FILE
     deadline = time.monotonic() + 90
     consumed = 0
     while consumed < PREDICTIONS // 4:
-        assert process.poll() is None, "the monitor exited before it was killed"
+        if process.poll() is not None:
+            log.close()
+            pytest.fail(
+                f"the monitor exited ({process.returncode}) before it was killed:\n"
+                + log_path.read_text()[-3000:]
+            )
         assert time.monotonic() < deadline, "the monitor made no checkpoint in time"
         time.sleep(0.05)
         if checkpoint.exists():
             consumed = sum(json.loads(checkpoint.read_text())["offsets"].values())
     process.send_signal(signal.SIGKILL)
     process.wait(10)
+    log.close()
     assert consumed < PREDICTIONS + RESENT, "the kill came after the end: nothing was interrupted"
 
     resumed = Monitor(killed, group_id="killed")
