@@ -94,8 +94,9 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug l
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    # Feast logs every registry refresh, kafka-python every connection, httpx every request at INFO.
-    for chatty in ("feast", "kafka", "httpx"):
+    # Feast logs every registry refresh, kafka-python every connection, httpx every request at
+    # INFO, matplotlib its font cache on first use.
+    for chatty in ("feast", "kafka", "httpx", "matplotlib"):
         logging.getLogger(chatty).setLevel(logging.DEBUG if verbose else logging.WARNING)
     # kafka-python warns when its own I/O loop waited >100 ms for the GIL: a busy process, not a fault.
     logging.getLogger("kafka.net.selector").setLevel(logging.DEBUG if verbose else logging.ERROR)
