@@ -19,7 +19,7 @@ import json
 import math
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -254,6 +254,7 @@ def replay(
     score_url: str | None = None,
     after: pd.Timestamp | None = None,
     until: pd.Timestamp | None = None,
+    wait_readable: Callable[[int], None] | None = None,
 ) -> ReplaySummary:
     """Publish a dataset's transactions and labels to Kafka, merged by time and paced.
 
@@ -268,6 +269,13 @@ def replay(
         score_url: Score each transaction at this scoring service before publishing it.
         after: Start after this time (e.g. the online store's cut, `backfill --hold-back-days`).
         until: Stop at this time (transactions and labels up to it).
+        wait_readable: With `score_url`, called with the number of transactions published
+            so far before a card's next transaction is scored while its previous one may
+            not be readable online yet; it returns once the stream processor has made that
+            many readable. A replay compresses hours into milliseconds: without the wait, a
+            card's features would be stale in a way that real time (minutes between a
+            card's payments, freshness under a second) never makes them, and the staleness
+            would depend on how busy the machine is.
 
     Returns:
         Counts, timing and the number of failed sends: check `failed`, it is not raised.
@@ -291,7 +299,7 @@ def replay(
     scorer = GatewayScorer(score_url) if score_url else None
     with Progress(*columns, disable=not progress, transient=True) as bar, producer(settings) as out:
         seconds, max_lag, errors = _publish(
-            out, messages(transactions, labels, codes), due, bar, len(transactions), scorer
+            out, messages(transactions, labels, codes), due, bar, len(transactions), scorer, wait_readable
         )
     return ReplaySummary(
         transactions=len(transactions),
@@ -315,6 +323,7 @@ def _publish(
     bar: Progress,
     total: int,
     scorer: GatewayScorer | None = None,
+    wait_readable: Callable[[int], None] | None = None,
 ) -> tuple[float, float, list[BaseException]]:
     """The hot loop: send each message when due, then flush.
 
@@ -330,6 +339,7 @@ def _publish(
     out.partitions_for(events.TRANSACTIONS_TOPIC)
     out.partitions_for(events.LABELS_TOPIC)
     started, done, late, max_lag, shown = time.perf_counter(), 0, 0.0, 0.0, 0.0
+    unconfirmed: set[str] = set()  # cards published since the stream last confirmed all
     for k, (topic, key, value) in enumerate(stream):
         now = time.perf_counter() - started
         if due_list is not None:
@@ -340,6 +350,12 @@ def _publish(
         # A send that fails at once (the buffer stayed full for max_block_ms: the broker is
         # gone) raises, or a dead broker would cost a minute per message.
         if scorer is not None and topic == events.TRANSACTIONS_TOPIC:
+            if wait_readable is not None:
+                if key in unconfirmed:
+                    out.flush()
+                    wait_readable(done)
+                    unconfirmed.clear()
+                unconfirmed.add(key)
             scorer(value)
         out.send(topic, key=key, value=value).add_errback(errors.append)
         done += topic == events.TRANSACTIONS_TOPIC
