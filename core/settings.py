@@ -90,6 +90,12 @@ class Settings(BaseSettings):
     retrain_train_days: float = Field(default=28.0, gt=0, description="Retraining: days of training data.")
     retrain_gap_days: float = Field(default=7.0, ge=0, description="Retraining: holdout = one label delay.")
     retrain_after_drift_days: float = Field(default=1.0, ge=0, description="Drifted days to train on.")
+    retrain_every_days: float | None = Field(
+        default=None, gt=0, description="Retrain on this schedule too (event time); None: on alarms only."
+    )
+    missed_fraud_days: int = Field(
+        default=3, ge=1, description="Matured days pooled to judge fraud the scores did not expect."
+    )
     skew_sample_rows: int = Field(default=300, ge=0, description="Rows re-joined offline per skew check.")
     # Every scoring process the monitor acts on (canary share, reload) through its admin API.
     scoring_urls: list[str] = Field(default_factory=list)  # default: http://serve_host:serve_port

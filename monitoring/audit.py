@@ -28,6 +28,7 @@ ACTIONS = (
     "retrain",  # a challenger was trained and passed the promotion gate
     "retrain_rejected",  # a retrained model failed the gate and was not registered as challenger
     "drift_alarm",  # a sustained drift alarm was raised
+    "performance_alarm",  # matured labels found fraud the champion's scores did not expect
 )
 
 

@@ -115,12 +115,14 @@ class Evaluator:
     windows_evaluated: int = 0
     expected: pd.DataFrame | None = None
     realised: pd.DataFrame | None = None
+    missed_fraud: performance.MissedFraudAlarm = field(default_factory=performance.MissedFraudAlarm)
     _matured_through: pd.Timestamp | None = None
     worker: Worker = field(default_factory=lambda: Worker())
 
     def __post_init__(self) -> None:
         for kind in WINDOW_KINDS:
             self.alarms.setdefault(kind, drift.DriftAlarm(self.settings.drift_windows_required))
+        self.missed_fraud.days_required = self.settings.drift_windows_required
 
     # --- time -----------------------------------------------------------------------------
     @property
@@ -292,11 +294,38 @@ class Evaluator:
             self._matured_through = matured_through  # a new day matured: the intervals are worth it
             settings = performance.PerformanceSettings(maturity=timedelta(days=self.settings.maturity_days))
             self.realised = performance.matured(frame, now, cost, settings)
+            self._judge_missed_fraud(frame, now, settings)
         performance.publish_performance(
             self.metrics,
             self.expected,
             self.realised if self.realised is not None else self.expected.iloc[0:0],
         )
+
+    def _judge_missed_fraud(
+        self, frame: pd.DataFrame, now: pd.Timestamp, settings: performance.PerformanceSettings
+    ) -> None:
+        """The champion's latest matured days: did the labels find fraud its scores did not expect?"""
+        if self.champion is None:
+            return
+        gaps = performance.missed_fraud(frame, now, self.settings.missed_fraud_days, settings)
+        key = ("champion", str(self.champion.version))
+        gap = gaps.loc[key] if key in gaps.index else None
+        if not self.missed_fraud.update(now, gap):
+            return
+        latest = self.missed_fraud.latest
+        audit.record(
+            self.settings,
+            "performance_alarm",
+            f"the labels found {latest['found_fraud']:.0f} frauds among the passed transactions of the "
+            f"{self.settings.missed_fraud_days} matured days to {latest['last_day']}, where the scores "
+            f"expected {latest['expected_fraud']:.0f} (z {latest['z']:.1f}, "
+            f"{self.settings.drift_windows_required} matured days in a row)",
+            actor="monitor",
+            versions={"champion": self.champion.version},
+            numbers=latest,
+        )
+        self.metrics.monitor_actions.labels("performance_alarm").inc()
+        log.warning("performance alarm: labels found more fraud than the scores expected (%s)", latest)
 
     # --- checkpoint -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -309,6 +338,7 @@ class Evaluator:
             "drifted_features": self.drifted_features,
             "windows_evaluated": self.windows_evaluated,
             "matured_through": None if self._matured_through is None else self._matured_through.isoformat(),
+            "missed_fraud": self.missed_fraud.state_dict(),
             "hooks": {
                 name: hook.state_dict() for name, hook in self.hooks.items() if hasattr(hook, "state_dict")
             },
@@ -327,6 +357,7 @@ class Evaluator:
         self.drift_alarm_at = None if stamp is None else pd.Timestamp(stamp)
         self.drifted_features = list(content.get("drifted_features", []))
         self.windows_evaluated = int(content.get("windows_evaluated", 0))
+        self.missed_fraud.restore(content.get("missed_fraud", {}))
         for name, hook_state in content.get("hooks", {}).items():
             restore = getattr(self.hooks.get(name), "restore", None)
             if restore is not None:
@@ -393,6 +424,13 @@ class Evaluator:
                 "expected": page.records(self.expected),
                 "matured": page.records(self.realised),
                 "maturity_days": self.settings.maturity_days,
+                "missed_fraud": {
+                    "alarm": self.missed_fraud.raised_at is not None,
+                    "since": self.missed_fraud.since,
+                    "streak": self.missed_fraud.streak,
+                    "latest": self.missed_fraud.latest,
+                    "pooled_days": self.settings.missed_fraud_days,
+                },
             },
             **{name: report for name, report in self.hook_reports.items() if report is not None},
             "audit": list(reversed(audit.read(self.settings, last=50))),

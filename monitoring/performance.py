@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -796,6 +796,101 @@ def compare(
     out = out.sort_values([*by, "metric"], kind="stable").set_index(list(by))
     out["metric"] = out["metric"].astype(str)
     return out[COMPARE_COLUMNS]
+
+
+# --- the estimate's blind spot, measured -------------------------------------------------------
+def missed_fraud(
+    frame: pd.DataFrame,
+    now: datetime | pd.Timestamp,
+    days: int = 3,
+    settings: PerformanceSettings | None = None,
+    by: Sequence[str] = ("served_by", "model_version"),
+) -> pd.DataFrame:
+    """Fraud the labels found among the passed rows of the last ``days`` matured days, against
+    the fraud the scores expected there, pooled per group of ``by``.
+
+    `compare`'s fraud-rate row over several days at once, as counts: ``rows`` (approved +
+    reviewed), ``expected_fraud`` (their summed scores), ``labelled_fraud``, ``label_share``,
+    ``found_fraud`` (labelled / share: the fraud the labels will have found once all are in),
+    ``excess`` (found - expected) and ``z`` (excess over its sd: the scores' own Bernoulli
+    spread plus the spread of which frauds are labelled yet). A new fraud pattern the model
+    scores low leaves ``expected_fraud`` where it was and raises ``found_fraud``: what no
+    label-free estimate can see.
+    """
+    settings = settings or PerformanceSettings()
+    stamp = _utc(now)
+    rows, _ = _matured_rows(frame, stamp, settings.maturity)
+    columns = ["first_day", "last_day", "rows", "expected_fraud", "expected_fraud_sd", "labelled_fraud"]
+    columns += ["label_share", "found_fraud", "excess", "z"]
+    if rows.empty:
+        return _empty(by, columns)
+    recent = rows[rows[DAY] > rows[DAY].max() - pd.Timedelta(days=days)]
+    side = compare(frame.loc[recent.index], stamp, None, replace(settings, n_resamples=1), by)
+    side = side[side["metric"] == "fraud_rate"]
+    passed = recent[recent["decision"] != DECLINE]
+    groups = _groups(passed, by)
+    out = pd.DataFrame(index=side.index)
+    out["first_day"] = recent[DAY].min()
+    out["last_day"] = recent[DAY].max()
+    out["rows"] = groups.size().reindex(out.index).fillna(0).astype(int)
+    n = out["rows"].to_numpy(dtype=float)
+    share = side["label_share"].to_numpy(dtype=float)
+    out["expected_fraud"] = side["expected"].to_numpy(dtype=float) * n
+    out["expected_fraud_sd"] = side["expected_sd"].to_numpy(dtype=float) * n
+    out["labelled_fraud"] = side["realised"].to_numpy(dtype=float) * n
+    out["label_share"] = share
+    out["found_fraud"] = side["realised_adjusted"].to_numpy(dtype=float) * n
+    out["excess"] = out["found_fraud"] - out["expected_fraud"]
+    # Which of the frauds are labelled yet is binomial(found, share): its spread, scaled up.
+    expected = out["expected_fraud"].to_numpy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        labelling_var = expected * (1 - share) / share
+        out["z"] = out["excess"] / np.sqrt(out["expected_fraud_sd"].to_numpy() ** 2 + labelling_var)
+    return out[columns]
+
+
+@dataclass
+class MissedFraudAlarm:
+    """The labels find more fraud than the champion's scores expected, ``days_required`` matured
+    days in a row (each judged on the pooled days before it, `missed_fraud`): the scores no
+    longer mean what they say. The drift alarm cannot see this; it raises the retraining too.
+    """
+
+    days_required: int = 3
+    z_threshold: float = 3.0
+    streak: int = 0
+    streak_since: str | None = None  # the newest matured day when the streak began
+    raised_at: str | None = None  # the labels' clock when the streak completed
+    since: str | None = None
+    latest: dict[str, Any] = field(default_factory=dict)
+
+    def update(self, now: pd.Timestamp, gap: pd.Series | None) -> bool:
+        """Count one newly matured day's pooled gap; True when this completes the streak."""
+        if gap is None or not np.isfinite(gap["z"]):
+            return False
+        self.latest = {
+            "at": now.isoformat(),
+            "last_day": pd.Timestamp(gap["last_day"]).date().isoformat(),
+            **{k: round(float(gap[k]), 3) for k in ("expected_fraud", "found_fraud", "label_share", "z")},
+        }
+        if gap["z"] < self.z_threshold:
+            self.streak, self.streak_since = 0, None
+            if self.raised_at is not None:  # cleared: a later streak raises a new alarm
+                self.raised_at = self.since = None
+            return False
+        self.streak += 1
+        self.streak_since = self.streak_since or pd.Timestamp(gap["last_day"]).isoformat()
+        if self.streak >= self.days_required and self.raised_at is None:
+            self.raised_at, self.since = now.isoformat(), self.streak_since
+            return True
+        return False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("streak", "streak_since", "raised_at", "since", "latest")}
+
+    def restore(self, content: dict[str, Any]) -> None:
+        for key, value in content.items():
+            setattr(self, key, value)
 
 
 # --- metrics -----------------------------------------------------------------------------------

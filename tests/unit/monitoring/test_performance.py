@@ -22,12 +22,14 @@ from monitoring.performance import (
     SIMULATOR_DELAY_MIN_DAYS,
     SIMULATOR_DELAY_SIGMA,
     SIMULATOR_UNREPORTED_SHARE,
+    MissedFraudAlarm,
     PerformanceSettings,
     compare,
     estimate,
     join_labels,
     label_delay,
     matured,
+    missed_fraud,
     publish_performance,
 )
 from pipelines import simulate
@@ -379,6 +381,53 @@ def test_compare_corrects_precision_for_the_labels_still_to_come() -> None:
     assert precision["realised_adjusted"] == pytest.approx(precision["realised"] / precision["label_share"])
     recall = side[side["metric"] == "recall_review"].iloc[0]  # no correction: both counts miss alike
     assert recall["realised_adjusted"] == recall["realised"] and abs(recall["z"]) < 3
+
+
+def test_missed_fraud_finds_a_new_pattern_with_few_labels_in_and_nothing_without_it() -> None:
+    # Seven to nine days old, as in the drills: a third of the fraud labelled (the simulator's delay).
+    settings = PerformanceSettings(maturity=timedelta(days=7))
+    for new_pattern, drifted in ((0.0, False), (0.01, True)):
+        frame = synthetic(
+            days=6, rows=2_000, seed=11, delay="simulator", new_pattern=new_pattern, new_pattern_from=3
+        )
+        now = T0 + 6 * DAY + timedelta(days=7)
+        gap = missed_fraud(frame, now, days=3, settings=settings).iloc[0]
+        print(gap)
+        assert gap["first_day"] == T0 + 3 * DAY and gap["last_day"] == T0 + 5 * DAY
+        passed = frame[(frame["event_time"] >= T0 + 3 * DAY) & (frame["decision"] != "decline")]
+        assert gap["rows"] == len(passed)
+        assert gap["expected_fraud"] == pytest.approx(passed["score"].sum())
+        assert 0.3 < gap["label_share"] < 0.45
+        truth = int(passed["_fraud"].sum())
+        assert gap["found_fraud"] == pytest.approx(truth, rel=0.35)  # labels scaled by their share
+        if drifted:
+            assert gap["z"] > 3
+        else:
+            assert abs(gap["z"]) < 2
+
+
+def test_missed_fraud_alarm_needs_days_in_a_row_and_clears_on_a_clean_one() -> None:
+    alarm = MissedFraudAlarm(days_required=2)
+    day = T0
+    results = []
+    for z in (4.0, 1.0, 4.0, 5.0, 6.0, 0.5, 4.0):
+        day += DAY
+        gap = pd.Series(
+            {
+                "z": z,
+                "last_day": day - 8 * DAY,
+                "expected_fraud": 10.0,
+                "found_fraud": 20.0,
+                "label_share": 0.3,
+            }
+        )
+        results.append(alarm.update(day, gap))
+    assert results == [False, False, False, True, False, False, False]
+    assert alarm.raised_at is None and alarm.streak == 1  # cleared by the 0.5, a new streak begun
+    restored = MissedFraudAlarm(days_required=2)
+    restored.restore(alarm.state_dict())
+    assert restored.update(day + DAY, pd.Series({**gap, "z": 9.0, "last_day": day - 7 * DAY}))
+    assert restored.since == (day - 8 * DAY).isoformat()
 
 
 # --- 5. the frame and the gauges -------------------------------------------------------------------
