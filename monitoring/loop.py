@@ -46,8 +46,9 @@ def skew_hook(settings: Settings) -> Hook:
             return None
         running = pending.get("future")
         if running is not None and running.done():
-            report, at = running.result(), pending.pop("at")
+            at = pending.pop("at")
             pending.pop("future")
+            report = running.result()  # raises the check's error (logged by the evaluator) once
             skew.publish_skew(evaluator.metrics, report)
             content = report.to_dict()
             latest.update(
@@ -79,22 +80,62 @@ def run_retrain(
 
 
 class RetrainTrigger:
-    """Retrain on a sustained drift alarm (or on a schedule): `fraudctl train --retrain` at `now`.
+    """Retrain on a sustained alarm, or on a schedule: `fraudctl train --retrain` at `now`.
 
-    Training ends one label delay (`retrain_gap_days`) before `now`, so a retraining started
-    the moment an alarm is raised would learn nothing of the drift: it is due once the
-    training window holds `retrain_after_drift_days` of drifted days. One at a time; the
-    guard then finds the challenger it registered, shadows it and hands it to the canary.
+    The alarms: drift (the inputs or the scores moved) and missed fraud (matured labels found
+    fraud the champion's scores did not expect: a new pattern that moves no input). Training
+    ends one label delay (`retrain_gap_days`) before `now`, so a retraining started the moment
+    an alarm is raised would learn nothing of the change: it is due once the training window
+    holds `retrain_after_drift_days` of changed days. An alarm whose change began before the
+    last retraining is that retraining's to answer. With `retrain_every_days`, also on that
+    schedule. One at a time; the guard then finds the challenger it registered, shadows it
+    and hands it to the canary.
     """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.future: Any = None
-        self.alarm_handled: str | None = None  # the drift alarm (its start) already retrained on
+        self.last_retrain_at: str | None = None  # event time of the latest retraining started
+        self.schedule_from: str | None = None
         self.last: dict[str, Any] = {}
 
     def busy(self) -> bool:
         return self.future is not None and not self.future.done()
+
+    def _alarms(self, evaluator: Evaluator) -> list[tuple[pd.Timestamp, pd.Timestamp, str]]:
+        """(raised at, change since, reason) of each alarm on now."""
+        alarms = []
+        if evaluator.drift_alarm_at is not None:
+            at = evaluator.drift_alarm_at
+            since = min(
+                (pd.Timestamp(a.since) for kind in evaluator.alarms.values() for a in kind.active.values()),
+                default=at,
+            )
+            features = ", ".join(evaluator.drifted_features[:5])
+            alarms.append((at, since, f"drift alarm since {since:%Y-%m-%d %H:%M}: {features}"))
+        missed = evaluator.missed_fraud
+        if missed.raised_at is not None and missed.since is not None:
+            since, latest = pd.Timestamp(missed.since), missed.latest
+            reason = (
+                f"missed-fraud alarm since {since:%Y-%m-%d}: labels found {latest['found_fraud']:.0f} "
+                f"frauds where the scores expected {latest['expected_fraud']:.0f}"
+            )
+            alarms.append((pd.Timestamp(missed.raised_at), since, reason))
+        return alarms
+
+    def _due(self, evaluator: Evaluator, end: pd.Timestamp) -> str | None:
+        s = self.settings
+        last = None if self.last_retrain_at is None else pd.Timestamp(self.last_retrain_at)
+        wait = pd.Timedelta(days=s.retrain_gap_days + s.retrain_after_drift_days)
+        for at, since, reason in self._alarms(evaluator):
+            if (last is None or since > last) and end >= max(since + wait, at):
+                return reason
+        if s.retrain_every_days is not None:
+            self.schedule_from = self.schedule_from or end.isoformat()  # from the first window seen
+            base = last if last is not None else pd.Timestamp(self.schedule_from)
+            if end - base >= pd.Timedelta(days=s.retrain_every_days):
+                return f"schedule: every {s.retrain_every_days:g} days"
+        return None
 
     def __call__(self, evaluator: Evaluator, end: pd.Timestamp) -> dict[str, Any] | None:
         s = self.settings
@@ -106,30 +147,22 @@ class RetrainTrigger:
                 log.error("retraining failed: %s", error)
                 self.last = {"at": self.last.get("at"), "error": f"{type(error).__name__}: {error}"}
             self.future = None
-        alarm = evaluator.drift_alarm_at
-        if self.future is None and alarm is not None and self.alarm_handled != alarm.isoformat():
-            since = min(
-                (pd.Timestamp(a.since) for kind in evaluator.alarms.values() for a in kind.active.values()),
-                default=alarm,
+        reason = self._due(evaluator, end) if self.future is None else None
+        if reason is not None:
+            self.last_retrain_at = end.isoformat()
+            self.last = {"at": end.isoformat(), "reason": reason}
+            self.future = evaluator.worker.submit(
+                run_retrain, s, end, reason, s.retrain_train_days, s.retrain_gap_days
             )
-            due = since + pd.Timedelta(days=s.retrain_gap_days + s.retrain_after_drift_days)
-            if end >= max(due, alarm):
-                self.alarm_handled = alarm.isoformat()
-                reason = (
-                    f"drift alarm since {since:%Y-%m-%d %H:%M}: {', '.join(evaluator.drifted_features[:5])}"
-                )
-                self.last = {"at": end.isoformat(), "reason": reason}
-                self.future = evaluator.worker.submit(
-                    run_retrain, s, end, reason, s.retrain_train_days, s.retrain_gap_days
-                )
-                log.warning("retraining at %s: %s", end, reason)
+            log.warning("retraining at %s: %s", end, reason)
         return {**self.last, "running": self.busy()} if self.last else None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"alarm_handled": self.alarm_handled}
+        return {"last_retrain_at": self.last_retrain_at, "schedule_from": self.schedule_from}
 
     def restore(self, content: dict[str, Any]) -> None:
-        self.alarm_handled = content.get("alarm_handled")
+        self.last_retrain_at = content.get("last_retrain_at")
+        self.schedule_from = content.get("schedule_from")
 
 
 class GuardHook:
