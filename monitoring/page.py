@@ -524,7 +524,28 @@ def _performance(snapshot: Mapping[str, Any]) -> str:
         " have arrived)</p>"
     )
     plotted = f'<div class="plots">{"".join(plots)}</div><p class="legend">{"".join(legend)}</p>'
-    return plotted + note + share_line + table
+    return plotted + note + share_line + _missed_fraud(performance.get("missed_fraud") or {}) + table
+
+
+def _missed_fraud(missed: Mapping[str, Any]) -> str:
+    """What only the labels can say: fraud the champion's scores did not expect."""
+    latest = missed.get("latest") or {}
+    if not latest:
+        return ""
+    state = (
+        f'<span class="badge bad">ALARM</span> since {_e(str(missed.get("since"))[:10])}'
+        if missed.get("alarm")
+        else "no alarm"
+    )
+    return (
+        f"<p>Missed fraud ({state}): among the passed transactions of the {_value(missed.get('pooled_days'))}"
+        f" matured days to {_e(latest.get('last_day'))}, the champion's scores expected"
+        f" <b>{_fixed(latest.get('expected_fraud'), 1)}</b> frauds; the labels in so far"
+        f" ({_percent(latest.get('label_share'), 0)} of them) point to"
+        f" <b>{_fixed(latest.get('found_fraud'), 1)}</b>"
+        f" (z {_fixed(latest.get('z'), 1)}; an alarm at z ≥ 3 on consecutive matured days, and a"
+        " retraining).</p>"
+    )
 
 
 def _skew(snapshot: Mapping[str, Any]) -> str:

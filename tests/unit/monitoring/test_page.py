@@ -123,6 +123,19 @@ def performance() -> tuple[dict[str, Any], pd.DataFrame]:
         "expected": records(estimate(frame, cost=CostModel())),
         "matured": records(realised),
         "label_share": float(realised["label_share"].iloc[-1]),
+        "missed_fraud": {
+            "alarm": True,
+            "since": "2026-01-03T00:00:00+00:00",
+            "streak": 3,
+            "pooled_days": 3,
+            "latest": {
+                "last_day": "2026-01-04",
+                "expected_fraud": 40.2,
+                "found_fraud": 91.5,
+                "label_share": 0.35,
+                "z": 5.1,
+            },
+        },
     }
     return part, realised
 
@@ -221,6 +234,8 @@ def test_a_full_snapshot_shows_every_part(full: dict[str, Any]) -> None:
     assert performance.count('class="expected"') >= 2 and performance.count('class="realised"') >= 2
     assert "Declined transactions never get a chargeback" in performance
     assert "Latest matured day" in performance and "labels still arriving" in performance
+    assert "Missed fraud (" in performance and "ALARM</span> since 2026-01-03" in performance
+    assert "expected <b>40.2</b> frauds" in performance and "<b>91.5</b>" in performance
     # The y axis ends on a round percentage above every plotted value.
     ticks = [int(t) for t in re.findall(r'text-anchor="end">(\d+)%</text>', performance)]
     assert ticks and all(t % 5 == 0 for t in ticks)
