@@ -62,6 +62,8 @@ class SimulationParams:
     drift: str | None = None
     drift_start: int | None = None
     unreported_share: float = 0.05
+    # "new-fraud-pattern": its fraud, as a share of the configured fraud (0.25: a quarter more).
+    new_pattern_share: float = sc.NEW_PATTERN_SHARE
 
     def validate(self) -> None:
         """Raise ``ValueError`` with a one-line reason for the first bad parameter."""
@@ -88,6 +90,10 @@ class SimulationParams:
             (
                 self.drift_start is None or 0 <= self.drift_start < self.days,
                 f"drift start must be a day index in [0, {self.days}), got {self.drift_start}",
+            ),
+            (
+                0 <= self.new_pattern_share <= 5,
+                f"new pattern share must be in [0, 5], got {self.new_pattern_share}",
             ),
         ]
         for ok, reason in checks:
@@ -159,7 +165,7 @@ def _fraud(
     blocks.append(breach_fraud)
     if params.drift == "new-fraud-pattern" and params.drift_start is not None:
         drifted_days = params.days - params.drift_start
-        volume = total * sc.NEW_PATTERN_SHARE * drifted_days / params.days
+        volume = total * params.new_pattern_share * drifted_days / params.days
         blocks.append(sc.new_pattern(world, rng, volume, params.drift_start, params.days))
     return blocks, breaches
 

@@ -62,7 +62,8 @@ DEFAULT_SCENARIO_MIX = {
     "compromised_card": 0.2,
 }
 SCENARIOS = ("legit", *DEFAULT_SCENARIO_MIX, "new_pattern")  # "new_pattern" only with that drift
-# The drifted "new_pattern" runs at the volume of a quarter of the configured fraud.
+# The drifted "new_pattern" runs at the volume of a quarter of the configured fraud (the
+# default of SimulationParams.new_pattern_share).
 NEW_PATTERN_SHARE = 0.25
 
 BLOCK_DTYPES = {
