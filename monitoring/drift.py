@@ -446,8 +446,12 @@ def evidently_report(
     the preset computes each column's drift three times (ValueDrift, then the legacy
     DatasetDriftMetric and DataDriftTable it renders). A page on demand, not the minute's signal.
     """
-    from evidently import DataDefinition, Dataset, Report
-    from evidently.presets import DataDriftPreset
+    with warnings.catch_warnings():
+        # Evidently's imports warn about its own dependencies (numpy.core, litestar); Feast's
+        # import (the skew check, same worker) turned DeprecationWarning to "once" globally.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from evidently import DataDefinition, Dataset, Report
+        from evidently.presets import DataDriftPreset
 
     thresholds = thresholds or DriftThresholds()
     if method not in ("psi", "ks"):
