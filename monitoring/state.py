@@ -212,11 +212,14 @@ class MonitorState:
     def _compact(self) -> None:
         """One part per kind, without the rows older than the retention."""
         frames = {kind: self._frame(kind) for kind in ("predictions", "labels")}
-        horizon = self.watermark_hint(frames["predictions"]) - pd.Timedelta(days=self.retention_days)
-        kept = {
-            "predictions": frames["predictions"][frames["predictions"]["event_time"] >= horizon],
-            "labels": frames["labels"][frames["labels"]["reported_at"] >= horizon],
-        }
+        kept = dict(frames)
+        if not frames["predictions"].empty:  # labels may come first: no event time yet, drop nothing
+            latest = pd.Timestamp(frames["predictions"]["event_time"].max())
+            horizon = latest - pd.Timedelta(days=self.retention_days)
+            kept = {
+                "predictions": frames["predictions"][frames["predictions"]["event_time"] >= horizon],
+                "labels": frames["labels"][frames["labels"]["reported_at"] >= horizon],
+            }
         old = [name for names in self._parts.values() for name in names]
         for kind, schema in (("predictions", PREDICTION_SCHEMA), ("labels", LABEL_SCHEMA)):
             table = pa.Table.from_pandas(kept[kind], schema=schema, preserve_index=False)
@@ -229,12 +232,6 @@ class MonitorState:
             (self.folder / name).unlink(missing_ok=True)
         self._seen_predictions = set(kept["predictions"]["transaction_id"])
         self._seen_labels = set(_label_keys(kept["labels"]))
-
-    @staticmethod
-    def watermark_hint(predictions: pd.DataFrame) -> pd.Timestamp:
-        if predictions.empty:
-            return pd.Timestamp.min.tz_localize("UTC")
-        return pd.Timestamp(predictions["event_time"].max())
 
     def _write_checkpoint(self) -> None:
         content = {
