@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from datetime import timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -428,6 +429,35 @@ def test_missed_fraud_alarm_needs_days_in_a_row_and_clears_on_a_clean_one() -> N
     restored.restore(alarm.state_dict())
     assert restored.update(day + DAY, pd.Series({**gap, "z": 9.0, "last_day": day - 7 * DAY}))
     assert restored.since == (day - 8 * DAY).isoformat()
+
+
+def test_the_evaluator_raises_the_missed_fraud_alarm_once_and_audits_it(tmp_path: Path) -> None:
+    from core.settings import Settings
+    from monitoring import audit
+    from monitoring.evaluator import ChampionInfo, Evaluator
+    from monitoring.state import MonitorState
+
+    s = Settings(var_dir=tmp_path / "var", drift_windows_required=3, missed_fraud_days=3)
+    evaluator = Evaluator(s, MonitorState(s.monitor_dir), MonitorMetrics())
+    evaluator.champion = ChampionInfo("3", "lightgbm", pd.DataFrame(), {}, COST)
+    # Days 0-5 as trained, then 1 % of the confident approvals is a new kind of fraud.
+    frame = synthetic(days=14, rows=2_000, seed=12, delay="simulator", new_pattern=0.01, new_pattern_from=6)
+    settings = PerformanceSettings(maturity=timedelta(days=7), n_resamples=1)
+    raised_on = []
+    for day in range(3, 15):  # each day, one more day matures
+        now = T0 + (day + 7) * DAY
+        evaluator._judge_missed_fraud(frame, now, settings)
+        if evaluator.missed_fraud.raised_at == now.isoformat():
+            raised_on.append(day)
+    print(raised_on, evaluator.missed_fraud.latest)
+    # Day 6 matures as day 7 of the loop's clock begins; the third flagged day in a row raises it.
+    assert len(raised_on) == 1 and 7 <= raised_on[0] <= 10
+    assert T0 + 6 * DAY <= pd.Timestamp(evaluator.missed_fraud.since) <= T0 + 8 * DAY
+    entries = [e for e in audit.read(s) if e["action"] == "performance_alarm"]
+    assert (
+        len(entries) == 1 and entries[0]["actor"] == "monitor" and entries[0]["versions"]["champion"] == "3"
+    )
+    assert entries[0]["numbers"]["found_fraud"] > 1.5 * entries[0]["numbers"]["expected_fraud"]
 
 
 # --- 5. the frame and the gauges -------------------------------------------------------------------
