@@ -23,7 +23,6 @@ Per window:
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -378,21 +377,11 @@ class Evaluator:
         counts = self.state.counts()
         predictions = self.state.predictions
         hours = self.latest.get("hours") or self.latest.get("decisions")
-        features = []
-        if hours is not None:
-            active = self._active()
-            for r in sorted(hours.results, key=lambda r: -r.psi):
-                features.append(
-                    {
-                        "feature": r.column,
-                        "psi": _finite(r.psi),
-                        "ks_pvalue": _finite(r.ks_pvalue),
-                        "drifted": bool(r.drifted),
-                        "alarmed": r.column in active,
-                        "alarmable": r.column in ALARM_COLUMNS,
-                        "psi_history": [_finite(v) for v in self.psi_history.get(r.column, [])],
-                    }
-                )
+        features = (
+            []
+            if hours is None
+            else page.drift_rows(hours.results, self._active(), self.psi_history, ALARM_COLUMNS)
+        )
         return {
             "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "event_time": None if self.last_window_end is None else self.last_window_end.isoformat(),
@@ -501,7 +490,3 @@ def write_report(
         mlflow.set_tag("champion_version", version)
         mlflow.log_artifact(str(path), artifact_path="drift_reports")
     return str(path)
-
-
-def _finite(value: float) -> float | None:
-    return None if value is None or not math.isfinite(value) else float(value)

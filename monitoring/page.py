@@ -80,6 +80,35 @@ def records(frame: pd.DataFrame | None) -> list[dict[str, Any]]:
 
 
 # --- formatting -------------------------------------------------------------------------------
+def drift_rows(
+    results: Iterable[Any],
+    active: Iterable[str],
+    psi_history: Mapping[str, Sequence[float]],
+    alarmable: Iterable[str] | None = None,
+) -> list[dict[str, Any]]:
+    """The drift table's rows from one window's `ColumnDrift` results, by PSI, largest first.
+
+    ``active``: the columns in alarm; ``alarmable``: the columns that may alarm (None: all).
+    """
+    active, allowed = set(active), None if alarmable is None else set(alarmable)
+
+    def finite(value: float) -> float | None:
+        return None if value is None or not math.isfinite(value) else float(value)
+
+    return [
+        {
+            "feature": r.column,
+            "psi": finite(r.psi),
+            "ks_pvalue": finite(r.ks_pvalue),
+            "drifted": bool(r.drifted),
+            "alarmed": r.column in active,
+            "alarmable": allowed is None or r.column in allowed,
+            "psi_history": [finite(v) for v in psi_history.get(r.column, [])],
+        }
+        for r in sorted(results, key=lambda r: -r.psi)
+    ]
+
+
 def _e(value: Any) -> str:
     return "" if value is None else html.escape(str(value))
 

@@ -38,7 +38,7 @@ from monitoring import audit
 from monitoring.drift import DRIFT_COLUMNS, DriftAlarm, evidently_report, feature_drift, publish
 from monitoring.http import MonitorHTTPServer, start_monitor_server, stop_monitor_server
 from monitoring.metrics import MonitorMetrics
-from monitoring.page import jsonable, records
+from monitoring.page import drift_rows, jsonable, records
 from monitoring.performance import PerformanceSettings, estimate, matured
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -100,17 +100,7 @@ def _drift_part(
             "window_end": update.window_end.isoformat(),
             "alarm": update.alarmed,
             "alarmed_features": sorted(update.active),
-            "features": [
-                {
-                    "feature": r.column,
-                    "psi": r.psi,
-                    "ks_pvalue": r.ks_pvalue,
-                    "drifted": r.drifted,
-                    "alarmed": r.column in update.active,
-                    "psi_history": history[r.column],
-                }
-                for r in results
-            ],
+            "features": drift_rows(results, update.active, history),
         },
         "reports": reports,
         "counts_windows": 24,

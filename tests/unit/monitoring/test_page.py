@@ -18,7 +18,7 @@ import pytest
 
 from models.costs import CostModel, Thresholds, decide
 from monitoring.drift import DRIFT_COLUMNS, DriftAlarm, feature_drift
-from monitoring.page import REFRESH_SECONDS, jsonable, records, render_page, sparkline
+from monitoring.page import REFRESH_SECONDS, drift_rows, jsonable, records, render_page, sparkline
 from monitoring.performance import PerformanceSettings, estimate, matured
 
 T0 = pd.Timestamp("2026-01-01", tz="UTC")
@@ -78,17 +78,7 @@ def drift_part() -> dict[str, Any]:
         "window_end": update.window_end.isoformat(),
         "alarm": update.alarmed,
         "alarmed_features": sorted(update.active),
-        "features": [
-            {
-                "feature": r.column,
-                "psi": r.psi,
-                "ks_pvalue": r.ks_pvalue,
-                "drifted": r.drifted,
-                "alarmed": r.column in update.active,
-                "psi_history": history[r.column],
-            }
-            for r in results
-        ],
+        "features": drift_rows(results, update.active, history),
     }
 
 
