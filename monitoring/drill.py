@@ -624,6 +624,11 @@ def cli_drift(
 ) -> None:
     """Drift drill: simulate a drift, detect it, retrain, canary, promote; 'none' is the control.
 
+    amount-shift and new-merchant-mix move the inputs: the drift alarm names the features.
+    new-fraud-pattern moves none: the missed-fraud alarm sees it once the drifted days'
+    labels mature (the summary lists the fraud the scores expected against the labels').
+    Each drill takes 5-13 minutes here.
+
     Example: fraudctl drill drift --kind amount-shift --json
     """
     _run_cli(lambda settings, say: run_drift(kind, settings, DrillWorld(), say), as_json)
