@@ -184,6 +184,7 @@ class Drill:
         self._thread: threading.Thread | None = None
         self._processes: list[subprocess.Popen] = []
         self._http = httpx.Client()  # the stream's /metrics, read every few ms at a barrier
+        self._published = 0  # transactions published to the stream so far
         self._started = time.monotonic()
 
     def step(self, text: str) -> None:
@@ -290,6 +291,7 @@ class Drill:
         until = self.day(self.world.replay_from_day)
         published = replay(self.settings.data_dir, self.settings, until=until, labels_after_end=False)
         deadline = time.monotonic() + timeout_s
+        self._published = published.transactions  # the stream's written count, once caught up
         while self._stream_consumed() < published.transactions:
             if time.monotonic() > deadline:
                 raise TimeoutError("the stream processor did not read the history in time")
@@ -348,12 +350,13 @@ class Drill:
         cut = start
         while cut < end:
             nxt = min(end, cut + pd.Timedelta(hours=self.world.slice_hours))
-            readable_before = self._stream_readable()
+            published_before = self._published
             summary = replay(
                 self.settings.data_dir, self.settings, after=cut, until=nxt,
                 score_url=self.settings.scoring_urls[0], labels_after_end=False,
-                wait_readable=functools.partial(self._wait_readable, base=readable_before),
+                wait_readable=functools.partial(self._wait_readable, base=published_before),
             )  # fmt: skip
+            self._published += summary.transactions
             if summary.score_errors:
                 raise RuntimeError(f"scoring errors in the replay: {summary.score_errors}")
             self.wait_for_loop(summary.transactions)
