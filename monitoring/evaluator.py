@@ -178,9 +178,12 @@ class Evaluator:
 
         current = registry.current_version(registry.connect(self.settings), registry.CHAMPION)
         if current is not None and (self.champion is None or self.champion.version != current):
+            changed = self.champion is not None
             self.champion = load_champion(self.settings)
             if self.champion is not None:
                 log.info("drift reference: champion version %s", self.champion.version)
+            if changed:  # the missed fraud of the new champion's own scores, from its first day
+                self.missed_fraud = performance.MissedFraudAlarm(self.settings.drift_windows_required)
 
     def _active(self) -> set[str]:
         return set().union(*(alarm.active for alarm in self.alarms.values()))
