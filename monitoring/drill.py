@@ -588,7 +588,7 @@ def summary_table(report: DrillReport) -> Any:
     table.add_row("canary stopped", "yes" if report.canary_stopped else "no")
     table.add_row("rolled back", "yes" if report.rolled_back else "no")
     for entry in report.actions:
-        table.add_row(f"  {entry['action']}", str(entry["reason"])[:120])
+        table.add_row(f"  {entry['action']}", str(entry["reason"]))
     table.add_row("verdict", f"{'PASSED' if report.passed else 'FAILED'}: {report.verdict}")
     table.add_row("wall time", f"{report.seconds:.0f} s")
     return table

@@ -423,7 +423,8 @@ class Guard:
         following = [step for step in config.steps if step > s.percent]
         if following:
             numbers = _numbers(evaluation, now) | {"percent_from": s.percent}
-            reason = f"{versions}: every check passed for {now - start} at {s.percent:g}%"
+            held = (now - start) / pd.Timedelta(hours=1)
+            reason = f"{versions}: every check passed for {held:.0f} h at {s.percent:g}%"
             s.phase, s.percent, s.since = CANARY, following[0], _iso(now)
             return evaluation, [
                 Action("canary", reason, percent=following[0], audit_as="canary_step", numbers=numbers)

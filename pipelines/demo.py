@@ -78,7 +78,7 @@ def cli(
     )
     show_features(card=sample["card_id"], merchant=sample["merchant_id"], device=device, as_json=False)
 
-    console.rule("[bold]4. stream: broker → stream processor → replay the first day → fresh online features")
+    console.rule("[bold]4. stream: broker → stream processor → replay a day → fresh features")
     import threading
 
     from pipelines.broker import EmbeddedBroker
@@ -116,14 +116,14 @@ def cli(
     demo_step(settings, data_dir, console)
 
     console.rule(
-        "[bold]6. serve: replay through the scoring service, load test at 500 req/s, canary and kill switch"
+        "[bold]6. serve: replay with --score, load test at 500 req/s, canary, kill switch"
     )
     from services.serve import demo_step as serve_demo_step
 
     serve_demo_step(settings, data_dir, console, cut)
 
     console.rule(
-        "[bold]7. close the loop: drift drill (amount-shift) → alarm → retrain → shadow → canary → promote"
+        "[bold]7. the loop: amount-shift drill → alarm → retrain → canary → promote"
     )
     from monitoring.drill import DrillWorld, run_drift
     from monitoring.drill import summary_table as drill_table
