@@ -115,16 +115,12 @@ def cli(
 
     demo_step(settings, data_dir, console)
 
-    console.rule(
-        "[bold]6. serve: replay with --score, load test at 500 req/s, canary, kill switch"
-    )
+    console.rule("[bold]6. serve: replay with --score, load test at 500 req/s, canary, kill switch")
     from services.serve import demo_step as serve_demo_step
 
     serve_demo_step(settings, data_dir, console, cut)
 
-    console.rule(
-        "[bold]7. the loop: amount-shift drill → alarm → retrain → canary → promote"
-    )
+    console.rule("[bold]7. the loop: amount-shift drill → alarm → retrain → canary → promote")
     from monitoring.drill import DrillWorld, run_drift
     from monitoring.drill import summary_table as drill_table
 
