@@ -13,8 +13,10 @@ install: $(STAMP)
 # Re-runs only when the pins or the project metadata change.
 $(STAMP): pyproject.toml requirements/constraints.txt
 	@test -x $(BIN)/python || $(shell command -v $(PYTHON) || echo python3) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade "pip>=24" wheel setuptools
-	$(PIP) install --quiet -c requirements/constraints.txt -e ".[dev]"
+	@# -qq: pip's warnings about this machine's own pip config (missing find-links folders)
+	@# drown the output; errors still print.
+	$(PIP) install -qq --upgrade "pip>=24" wheel setuptools
+	$(PIP) install -qq -c requirements/constraints.txt -e ".[dev]"
 	@touch $(STAMP)
 
 demo: install
