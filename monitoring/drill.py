@@ -185,6 +185,7 @@ class Drill:
         self._processes: list[subprocess.Popen] = []
         self._http = httpx.Client()  # the stream's /metrics, read every few ms at a barrier
         self._published = 0  # transactions published to the stream so far
+        self._dataset: tuple[pd.DataFrame, pd.DataFrame] | None = None  # read once by `build`
         self._started = time.monotonic()
 
     def step(self, text: str) -> None:
@@ -200,10 +201,10 @@ class Drill:
         return pd.Timestamp(SimulationParams(1, 1, 10, 0).start, tz="UTC") + pd.Timedelta(days=index)
 
     def build(self, drift: str | None) -> None:
-        """Simulate, fill the feature store up to the replay, train and promote the champion."""
+        """Simulate, and fill the feature store up to the replay (`running` trains the champion)."""
+        from core.dataset import read_labels, read_transactions
         from pipelines import simulate
         from pipelines.backfill import backfill
-        from pipelines.train import LIGHTGBM, TrainRequest, train
 
         w, s = self.world, self.settings
         assert s.data_dir is not None
@@ -218,8 +219,18 @@ class Drill:
             + (f", drift {drift} from day {w.drift_start}" if drift else "")
         )
         backfill(s.data_dir, s, hold_back_days=w.days - w.replay_from_day)
+        self.step(
+            f"feature store backfilled up to {self.day(w.replay_from_day):%Y-%m-%d} (the replay starts there)"
+        )
+        # Read once: every slice of the replay publishes from them.
+        self._dataset = (read_transactions(s.data_dir), read_labels(s.data_dir))
+
+    def _train_champion(self) -> None:
+        from pipelines.train import LIGHTGBM, TrainRequest, train
+
+        w, s = self.world, self.settings
+        assert s.data_dir is not None
         replay_from = self.day(w.replay_from_day)
-        self.step(f"feature store backfilled up to {replay_from:%Y-%m-%d} (the replay starts there)")
         result = train(
             s,
             TrainRequest(
@@ -247,8 +258,11 @@ class Drill:
                 self._stream_port = free_port()
                 stream_args = ["stream", "--metrics-port", str(self._stream_port)]
                 self._processes.append(self._spawn(stream_args, logs / "stream.log"))
-                self._warm_stream()
+                # The stream process reads the history while this one trains: two cores, two jobs.
+                history = self._publish_history()
+                self._train_champion()
                 self._processes.append(start_in_background(s, s.serve_port, logs / "serve.log"))
+                self._wait_stream_read(history)
                 self.step(f"stream processor and scoring service up ({s.scoring_urls[0]})")
                 self.monitor = Monitor(s, hooks=default_hooks(s, guard_config()), checkpoint_interval_s=2.0)
                 self._thread = threading.Thread(target=self.monitor.run, name="monitor", daemon=True)
@@ -277,26 +291,31 @@ class Drill:
                         process.kill()
                 self._http.close()
 
-    def _warm_stream(self, timeout_s: float = 300.0) -> None:
+    def _publish_history(self) -> int:
         """Publish the days before the replay (unscored), so the stream holds every card's history.
 
         The online store was backfilled up to the replay, but the stream processor keeps its
         own state, rebuilt from the topic: without the earlier days in it, the first write of
         each card would replace its stored 30-day history with a few hours' (measured: every
-        7- and 30-day feature then reads as drifted).
+        7- and 30-day feature then reads as drifted). Returns the transactions published.
         """
         from pipelines.replay import replay
 
         assert self.settings.data_dir is not None
         until = self.day(self.world.replay_from_day)
-        published = replay(self.settings.data_dir, self.settings, until=until, labels_after_end=False)
-        deadline = time.monotonic() + timeout_s
+        published = replay(
+            self.settings.data_dir, self.settings, until=until, labels_after_end=False, dataset=self._dataset
+        )
         self._published = published.transactions  # the stream's written count, once caught up
-        while self._stream_consumed() < published.transactions:
+        return published.transactions
+
+    def _wait_stream_read(self, published: int, timeout_s: float = 300.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self._stream_consumed() < published:
             if time.monotonic() > deadline:
                 raise TimeoutError("the stream processor did not read the history in time")
             time.sleep(0.5)
-        self.step(f"stream processor read the {published.transactions:,} transactions before the replay")
+        self.step(f"stream processor read the {published:,} transactions before the replay")
 
     def _stream_consumed(self) -> float:
         return self._stream_sample("fraud_stream_messages_consumed_total", {"topic": "transactions"})
@@ -355,6 +374,7 @@ class Drill:
                 self.settings.data_dir, self.settings, after=cut, until=nxt,
                 score_url=self.settings.scoring_urls[0], labels_after_end=False,
                 wait_readable=functools.partial(self._wait_readable, base=published_before),
+                dataset=self._dataset,
             )  # fmt: skip
             self._published += summary.transactions
             if summary.score_errors:
@@ -438,17 +458,38 @@ class Drill:
         return r
 
 
-def run_drift(kind: str, base: Settings, world: DrillWorld, say: Callable[[str], None]) -> DrillReport:
-    """The drift drill: detect, retrain, shadow, canary, promote or stop; or, with 'none', nothing."""
+def run_drift(
+    kind: str, base: Settings, world: DrillWorld, say: Callable[[str], None], until: str = "end"
+) -> DrillReport:
+    """The drift drill: detect, retrain, shadow, canary, promote or stop; or, with 'none', nothing.
+
+    `until` says when the replay stops: at the world's last day ("end"); once an alarm was
+    raised ("detected": what a test of the detection needs); or once a retrained challenger
+    was promoted or its canary stopped ("settled": the demo's story is told, and the days
+    after it only mature the new champion's labels for the summary's matured metrics).
+    """
     if kind not in DRIFT_KINDS:
         raise ValueError(f"--kind must be one of {', '.join(DRIFT_KINDS)}, got {kind!r}")
+    if until not in ("end", "detected", "settled"):
+        raise ValueError(f"until must be end, detected or settled, got {until!r}")
     drill = Drill(f"drift-{kind}", base, world, say)
     drill.build(None if kind == "none" else kind)
     drift_start = drill.day(world.drift_start)
     drill.report.kind, drill.report.drift_start = kind, drift_start.isoformat()
+
+    def done() -> bool:
+        if until == "detected":
+            assert drill.monitor is not None
+            evaluator = drill.monitor.evaluator
+            return evaluator.drift_alarm_at is not None or evaluator.missed_fraud.raised_at is not None
+        champion = registry.current_version(registry.connect(drill.settings), registry.CHAMPION)
+        stopped = any(e["action"] == "canary_stop" for e in audit.read(drill.settings))
+        return stopped or champion != drill.report.champion_before
+
     with drill.running():
-        drill.replay(drill.day(world.replay_from_day), drill.day(world.days))
-        drill.step("replay done")
+        start, end = drill.day(world.replay_from_day), drill.day(world.days)
+        drill.replay(start, end, until_done=None if until == "end" else done)
+        drill.step(f"{until}: the replay stops here" if until != "end" and done() else "replay done")
     report = drill.finish(False, "")
     if kind == "none":
         report.passed = not report.drift_detected and not report.retrained

@@ -124,5 +124,5 @@ def cli(
     from monitoring.drill import DrillWorld, run_drift
     from monitoring.drill import summary_table as drill_table
 
-    report = run_drift("amount-shift", settings, DrillWorld(), console.print)
+    report = run_drift("amount-shift", settings, DrillWorld(), console.print, until="settled")
     console.print(drill_table(report))
