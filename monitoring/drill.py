@@ -674,7 +674,7 @@ def cli_drift(
     amount-shift and new-merchant-mix move the inputs: the drift alarm names the features.
     new-fraud-pattern moves none: the missed-fraud alarm sees it once the drifted days'
     labels mature (the summary lists the fraud the scores expected against the labels').
-    Each drill takes 5-13 minutes here.
+    Each drill takes 3-9 minutes here.
 
     Example: fraudctl drill drift --kind amount-shift --json
     """

@@ -2,12 +2,13 @@
 ONNX Runtime, Evidently, the scoring service and the stream processor in their processes).
 
 Each drill takes minutes: the slowest tests of the suite, and each one checks a whole claim
-of the monitoring issue at once. The amount-shift drill and the control run the whole loop;
-the new-merchant-mix and new-fraud-pattern drills stop at the alarm (`until="detected"`):
-what they add is the detection, and the loop after it is the same code. The guard's two
-drills (`bad-challenger`, `bad-champion`) are not run here, to keep CI under its 30 minutes:
-their claims (a bad canary is stopped with the champion untouched; a bad champion is rolled
-back and every process serves the restored one) are tested against real scoring processes in test_canary_guard.py.
+of the monitoring issue at once. The amount-shift drill runs the whole loop, up to the
+promotion, and the control the whole span; the new-merchant-mix and new-fraud-pattern drills
+stop at the alarm (`until="detected"`): what they add is the detection, and the loop after it
+is the same code. The guard's two drills (`bad-challenger`, `bad-champion`) are not run here,
+to keep CI under its 30 minutes: their claims (a bad canary is stopped with the champion
+untouched; a bad champion is rolled back and every process serves the restored one) are
+tested against real scoring processes in test_canary_guard.py.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def _settings(tmp_path: Path) -> Settings:
 
 
 def test_amount_shift_is_detected_named_and_answered_by_a_retrained_challenger(tmp_path: Path) -> None:
-    report = run_drift("amount-shift", _settings(tmp_path), WORLD, print)
+    report = run_drift("amount-shift", _settings(tmp_path), WORLD, print, until="settled")
     assert report.passed, report.verdict
     assert report.drift_detected
     # The features that really moved: the amount itself, or the card's amount statistics.
@@ -37,6 +38,9 @@ def test_amount_shift_is_detected_named_and_answered_by_a_retrained_challenger(t
     assert report.detection_hours is not None and 0 < report.detection_hours <= 4 * 24
     assert report.retrained
     assert any(e["action"] == "drift_alarm" for e in report.actions)
+    # The retrained challenger went through shadow and the canary steps and was promoted.
+    assert any(e["action"] == "canary_step" for e in report.actions)
+    assert report.champion_after != report.champion_before and not report.canary_stopped
 
 
 def test_new_merchant_mix_is_detected_and_names_a_feature_the_new_merchants_move(tmp_path: Path) -> None:
