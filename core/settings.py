@@ -18,6 +18,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 Profile = Literal["embedded", "compose"]
+# The embedded profile's admin token: fine on a laptop, refused by the compose profile.
+DEV_ADMIN_TOKEN = "dev-admin-token"
 
 # Defaults that differ between the two profiles (DESIGN.md section 3).
 _PROFILE_DEFAULTS: dict[str, dict[str, str]] = {
@@ -60,7 +62,7 @@ class Settings(BaseSettings):
     # process starts with; `/admin/canary` and `/admin/kill-switch` change them while it runs.
     serve_host: str = "127.0.0.1"
     serve_port: int = 8000
-    admin_token: str = Field(default="dev-admin-token", min_length=8, description="Bearer token of /admin/*.")
+    admin_token: str = Field(default=DEV_ADMIN_TOKEN, min_length=8, description="Bearer token of /admin/*.")
     canary_percent: float = Field(default=0.0, ge=0, le=100)
     kill_switch: bool = False
     feature_timeout_ms: float = Field(default=5.0, gt=0, description="Time budget of one online lookup.")
@@ -69,6 +71,9 @@ class Settings(BaseSettings):
     )
     breaker_reset_seconds: float = Field(default=2.0, gt=0, description="Open breaker: wait before a probe.")
     registry_poll_seconds: float = Field(default=10.0, ge=0, description="Alias polling; 0 turns it off.")
+    controls_poll_seconds: float = Field(
+        default=0.25, gt=0, le=1, description="Re-read of the shared canary share and kill switch."
+    )
     max_body_bytes: int = 16 * 1024
     prediction_log: bool = True
     spool_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024, description="Disk cap of the spool.")
@@ -109,6 +114,14 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _fill_profile_defaults(self) -> Settings:
+        if self.profile == "compose" and self.admin_token == DEV_ADMIN_TOKEN:
+            # The full-stack template's placeholder-secret check: a stack reachable from a
+            # network must not accept the token printed in this repository.
+            raise ValueError(
+                "FRAUD_ADMIN_TOKEN is the built-in development token, refused in the compose "
+                "profile: set your own (`.env` from `.env.example` holds a generated one; "
+                "python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            )
         self.var_dir = self.var_dir.expanduser().resolve()
         for name, default in _PROFILE_DEFAULTS[self.profile].items():
             if not getattr(self, name):
@@ -133,8 +146,15 @@ class Settings(BaseSettings):
 
     @property
     def spool_dir(self) -> Path:
-        """Predictions waiting for the broker (the scoring service's prediction log)."""
-        return self.var_dir / "spool" / "predictions"
+        """Predictions waiting for the broker (the scoring service's prediction log).
+
+        One per scoring process, by host and port: two replicas must never append to, or
+        replay, one spool. A replica restarted with the same host name and port (a compose
+        container restarted, `fraudctl serve` again on its port) finds its own backlog.
+        """
+        import socket
+
+        return self.var_dir / "spool" / "predictions" / f"{socket.gethostname()}-{self.serve_port}"
 
     @property
     def monitor_dir(self) -> Path:

@@ -39,4 +39,5 @@ def redis_settings(tmp_path: Path) -> Settings:
         var_dir=tmp_path / "var",
         redis_url="127.0.0.1:6379",
         feast_project=f"fraud_test_{uuid.uuid4().hex[:8]}",
+        admin_token="test-admin-token",
     )

@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse
 from core.settings import Settings
 from monitoring.metrics import ScoringMetrics
 from services.scoring import no_torch
+from services.scoring.controls import SharedControls
 from services.scoring.deps import Service
 from services.scoring.features import CircuitBreaker, FeatureClient, Reader
 from services.scoring.models import ModelHolder
@@ -59,8 +60,9 @@ def build_service(settings: Settings) -> Service:
     models.reload()
     prediction_log = PredictionLog(settings, metrics) if settings.prediction_log else None
     controls = Controls(settings.canary_percent, settings.kill_switch)
+    shared = SharedControls(settings, controls)
     scorer = Scorer(features, Rules(settings), models, prediction_log, controls, metrics)
-    return Service(settings, metrics, features, models, prediction_log, controls, scorer)
+    return Service(settings, metrics, features, models, prediction_log, controls, shared, scorer)
 
 
 def _field(location: tuple[Any, ...]) -> str:
@@ -77,6 +79,7 @@ def create_app(settings: Settings) -> FastAPI:
             challenger = service.models.current.challenger
             await service.prediction_log.start(challenger.version if challenger else None)
         service.models.start_polling()
+        service.shared_controls.start()
         # Everything loaded so far lives as long as the process: keep the collector off it,
         # so a full collection does not walk Feast's and MLflow's objects mid-request.
         gc.freeze()
@@ -85,6 +88,7 @@ def create_app(settings: Settings) -> FastAPI:
         # per hand-over: the whole lookup budget. 0.5 ms keeps hand-overs well inside it.
         sys.setswitchinterval(0.0005)
         yield
+        await service.shared_controls.stop()
         service.models.stop()
         if service.prediction_log is not None:
             await service.prediction_log.stop()

@@ -11,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from core.settings import Settings
 from monitoring.metrics import ScoringMetrics
+from services.scoring.controls import SharedControls
 from services.scoring.features import FeatureClient
 from services.scoring.models import ModelHolder
 from services.scoring.prediction_log import PredictionLog
@@ -26,7 +27,8 @@ class Service:
     features: FeatureClient
     models: ModelHolder
     prediction_log: PredictionLog | None
-    controls: Controls
+    controls: Controls  # what this process applies now; the scorer reads it per request
+    shared_controls: SharedControls  # keeps `controls` in step with every other replica
     scorer: Scorer
 
 

@@ -6,9 +6,9 @@ import asyncio
 import logging
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, HTTPException, status
 
-from services.scoring.deps import ServiceDep, require_admin
+from services.scoring.deps import Service, ServiceDep, require_admin
 from services.scoring.schemas import INVALID, CanaryIn, KillSwitchIn
 
 log = logging.getLogger(__name__)
@@ -16,8 +16,22 @@ router = APIRouter(
     prefix="/admin",
     tags=["admin"],
     dependencies=[Depends(require_admin)],
-    responses={401: {"description": "Admin token missing or wrong."}, **INVALID},
+    responses={
+        401: {"description": "Admin token missing or wrong."},
+        503: {"description": "The shared controls could not be written: nothing changed."},
+        **INVALID,
+    },
 )
+
+
+async def _set(service: Service, **changes: Any) -> None:
+    try:
+        await service.shared_controls.set(**changes)
+    except Exception as error:
+        where = service.shared_controls.store.where
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, f"controls not changed: {where} unavailable ({error})"
+        ) from error
 
 
 @router.post("/reload")
@@ -33,13 +47,15 @@ async def reload(service: ServiceDep) -> dict[str, Any]:
 
 @router.post("/canary")
 async def canary(body: CanaryIn, service: ServiceDep) -> dict[str, float]:
-    service.controls.canary_percent = body.percent
-    log.warning("canary share set to %.1f%%", body.percent)
+    """Give the challenger this share of the cards, on every replica (within a second)."""
+    await _set(service, canary_percent=body.percent)
+    log.warning("canary share set to %.1f%% (%s)", body.percent, service.shared_controls.store.where)
     return {"canary_percent": body.percent}
 
 
 @router.post("/kill-switch")
 async def kill_switch(body: KillSwitchIn, service: ServiceDep) -> dict[str, bool]:
-    service.controls.kill_switch = body.state == "on"
-    log.warning("kill switch %s", body.state)
+    """Models off (rules only) or on again, on every replica (within a second)."""
+    await _set(service, kill_switch=body.state == "on")
+    log.warning("kill switch %s (%s)", body.state, service.shared_controls.store.where)
     return {"kill_switch": service.controls.kill_switch}

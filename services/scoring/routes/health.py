@@ -50,5 +50,6 @@ async def model(service: ServiceDep) -> dict[str, Any]:
         "errors": current.errors,
         "canary_percent": service.controls.canary_percent,
         "kill_switch": service.controls.kill_switch,
+        "controls_shared_in": service.shared_controls.store.where,
         "feature_breaker": service.features.breaker.state,
     }
