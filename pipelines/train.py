@@ -491,11 +491,20 @@ def cli(
     min_ap_gain: Annotated[
         float | None, typer.Option(help="--retrain gate: AP gain over the champion required.")
     ] = None,
+    promote_first: Annotated[
+        bool,
+        typer.Option(
+            "--promote",
+            help="Then make LightGBM champion and the MLP challenger, each only if that alias "
+            "points at no version yet (the compose stack's init job: safe to re-run).",
+        ),
+    ] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
 ) -> None:
     """Train LightGBM and/or the MLP point-in-time, calibrate, pick cost-based thresholds, register.
 
     Example: fraudctl train --data var/data --gap-days 3 --model all --seed 7
+    Example: fraudctl train --promote   # and give the aliases their first versions
     Example: fraudctl train --retrain --now 2026-02-05 --train-days 28 --gap-days 7 --json
     """
     settings = get_settings()
@@ -531,6 +540,11 @@ def cli(
     console = Console(stderr=json_output)
     with stdout_to_stderr() if json_output else contextlib.nullcontext():
         result = train(settings, request, console)
+    if promote_first:
+        if not register:
+            raise ValueError("--promote needs the models registered (not with --no-register)")
+        for line in promote_first_versions(settings, result, by="fraudctl train --promote", keep=True):
+            console.print(line)
     if json_output:
         summary = {
             "windows": result.windows.as_dict(),
@@ -545,16 +559,31 @@ def cli(
     print_table(console, result)
 
 
+def promote_first_versions(settings: Settings, result: TrainResult, by: str, keep: bool) -> list[str]:
+    """LightGBM of this run becomes champion and its MLP challenger (what was trained of them).
+
+    With `keep`, an alias that already points at a version is left as it is. Returns what
+    happened, one line per alias, for the console.
+    """
+    from models.registry import CHALLENGER, CHAMPION, connect, current_version, promote
+
+    lines = []
+    for model, alias in ((LIGHTGBM, CHAMPION), (MLP, CHALLENGER)):
+        if model not in result.versions:
+            continue
+        version = result.versions[model]
+        held = current_version(connect(settings), alias) if keep else None
+        if held is not None:
+            lines.append(f"{alias} stays version {held} (version {version} is registered, not promoted)")
+            continue
+        promote(settings, version, alias, reason=f"first {alias}", by=by)
+        lines.append(f"fraud-detector version {version} ({MODEL_HEADERS[model]}) is [bold]{alias}[/]")
+    return lines
+
+
 def demo_step(settings: Settings, data_dir: Path, console: Console) -> TrainResult:
     """The demo's training step: both models, registered; LightGBM champion, MLP challenger."""
-    from models.registry import CHALLENGER, CHAMPION, promote
-
     result = train(settings, TrainRequest(data_dir=data_dir), console)
     print_table(console, result)
-    promote(settings, result.versions[LIGHTGBM], CHAMPION, reason="demo: first champion", by="fraudctl demo")
-    promote(settings, result.versions[MLP], CHALLENGER, reason="demo: challenger", by="fraudctl demo")
-    console.print(
-        f"fraud-detector version {result.versions[LIGHTGBM]} (LightGBM) is [bold]champion[/], "
-        f"version {result.versions[MLP]} (MLP) is [bold]challenger[/]"
-    )
+    console.print(", ".join(promote_first_versions(settings, result, by="fraudctl demo", keep=False)))
     return result
