@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	@# -qq: pip's warnings about this machine's own pip config (missing find-links folders)
 	@# drown the output; errors still print.
 	$(PIP) install -qq --upgrade "pip>=24" wheel setuptools
-	$(PIP) install -qq -c requirements/constraints.txt -e ".[dev]"
+	$(PIP) install -qq -c requirements/constraints.txt -e ".[dev,train,server]"
 	@touch $(STAMP)
 
 demo: install

@@ -1,0 +1,39 @@
+#!/bin/sh
+# The compose stack's one-shot init job: a dataset, its features in Feast, the first models.
+# Every step is skipped when its result is already on the volume, so re-running the job
+# (`docker compose up` again, or `docker compose run init`) changes nothing.
+#
+# The dataset: the first CSV or parquet file in ./import (mounted at /import), imported with
+# FRAUD_IMPORT_MAP (see `fraudctl import --help`), or else a simulated one.
+set -eu
+data="$FRAUD_VAR_DIR/data"
+
+if [ -f "$data/manifest.json" ]; then
+  echo "init: dataset present in $data"
+else
+  file=$(find /import -maxdepth 1 -type f \( -name '*.csv' -o -name '*.csv.gz' -o -name '*.parquet' \) | sort | head -n 1)
+  if [ -n "$file" ]; then
+    echo "init: importing $file"
+    # FIELD=COLUMN,...: by default the file's columns have the event schema's own names.
+    fraudctl import "$file" --out "$data" --map "${FRAUD_IMPORT_MAP:-transaction_id=transaction_id,event_time=event_time,card_id=card_id,merchant_id=merchant_id,amount=amount,is_fraud=is_fraud}"
+  else
+    echo "init: simulating ${FRAUD_DEMO_DAYS:-42} days"
+    fraudctl simulate --out "$data"
+  fi
+fi
+
+# Before any stream processor starts (they wait for this job): Feast's Redis store skips a
+# write whose event time is not newer than the stored one, so a backfill after the stream
+# had written would be a silent no-op.
+if [ -f "$FRAUD_VAR_DIR/.backfilled" ]; then
+  echo "init: features already backfilled"
+else
+  fraudctl backfill --data "$data" --hold-back-days 1
+  touch "$FRAUD_VAR_DIR/.backfilled"
+fi
+
+if fraudctl models --json | python -c 'import json, sys; versions = json.load(sys.stdin)["versions"]; sys.exit(0 if any("champion" in v["aliases"] for v in versions) else 1)'; then
+  echo "init: a champion is registered"
+else
+  fraudctl train --data "$data" --promote
+fi
