@@ -189,12 +189,18 @@ def rollback(settings: Settings, reason: str, alias: str = CHAMPION, by: str | N
 def list_versions(settings: Settings) -> list[dict[str, Any]]:
     """Every version with its aliases, model type, creation time and key test metrics (from tags)."""
     client = connect(settings)
+    versions = sorted(_versions(client), key=lambda v: int(v.version))
+    # Trap: search_model_versions leaves each version's aliases empty; the model holds them.
+    aliases: dict[str, list[str]] = {}
+    if versions:
+        for alias, number in client.get_registered_model(MODEL_NAME).aliases.items():
+            aliases.setdefault(str(number), []).append(alias)
     rows = []
-    for v in sorted(_versions(client), key=lambda v: int(v.version)):
+    for v in versions:
         rows.append(
             {
                 "version": str(v.version),
-                "aliases": list(v.aliases),
+                "aliases": sorted(aliases.get(str(v.version), [])),
                 "model_type": v.tags.get("model_type", "?"),
                 "created": datetime.fromtimestamp(v.creation_timestamp / 1000, UTC).strftime(
                     "%Y-%m-%d %H:%M"

@@ -12,7 +12,8 @@ from rich.table import Table
 
 from core.settings import get_settings
 
-KEY_METRICS = ["average_precision", "roc_auc", "recall_at_1pct_fpr", "ece", "savings_vs_rules"]
+# The table's metrics and their headers, few enough for 80 columns (--json has them all).
+KEY_METRICS = {"average_precision": "AP", "roc_auc": "ROC-AUC", "savings_vs_rules": "saved vs rules"}
 
 
 def models(
@@ -33,15 +34,17 @@ def models(
         typer.echo("no versions of fraud-detector yet: run `fraudctl train`")
         return
     table = Table(title="fraud-detector")
-    for column in ["version", "aliases", "model", "created", *KEY_METRICS]:
-        table.add_column(column, justify="right" if column in KEY_METRICS else "left")
+    for column in ["version", "aliases", "model", "created"]:
+        table.add_column(column)
+    for header in KEY_METRICS.values():
+        table.add_column(header, justify="right")
     for row in rows:
         numbers = [row.get(k, math.nan) for k in KEY_METRICS]
         table.add_row(
             row["version"],
             ", ".join(row["aliases"]),
             row["model_type"],
-            row["created"],
+            row["created"][5:],  # the year goes: a registry's versions are recent
             *(f"{n:,.0f}" if abs(n) >= 1000 else f"{n:.3f}" for n in numbers),
         )
     Console().print(table)
