@@ -65,6 +65,20 @@ def apply_definitions(store: FeatureStore, settings: Settings) -> None:
     store.apply(definitions(settings))
 
 
+def ensure_definitions(store: FeatureStore, settings: Settings) -> bool:
+    """Apply the definitions only if a feature view is missing; returns whether it applied.
+
+    The registry is one file with one writer, the backfill (in compose, the init job): a
+    stream processor, of which several may start at once, writes it only to a store nobody
+    has backfilled, so that it has views to write into.
+    """
+    registered = {view.name for view in store.list_feature_views()}
+    if registered >= set(build_feature_views(build_sources(settings.offline_dir))):
+        return False
+    apply_definitions(store, settings)
+    return True
+
+
 def scoring_service(store: FeatureStore) -> FeatureService:
     """The model's feature service; a clear error when nothing has been backfilled yet."""
     try:

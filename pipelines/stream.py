@@ -146,7 +146,7 @@ class StreamProcessor:
         commit_interval_s: float = 5.0,
         metrics: StreamMetrics | None = None,
     ) -> None:
-        from feature_repo.store import apply_definitions, open_store
+        from feature_repo.store import ensure_definitions, open_store
         from pipelines.feature_writer import FeatureWriter
 
         self.settings = settings
@@ -160,7 +160,7 @@ class StreamProcessor:
         kafka_clients.wait_until_ready(settings.kafka_bootstrap)
         kafka_clients.ensure_topics(settings)
         store = open_store(settings)
-        apply_definitions(store, settings)  # idempotent; a fresh store needs the views to write into
+        ensure_definitions(store, settings)  # a fresh store needs the views to write into
         self.writer = FeatureWriter(store, settings)
         self.producer = kafka_clients.producer(settings)
         self.consumer: KafkaConsumer = kafka_clients.consumer(
