@@ -3,19 +3,20 @@
 # Every step is skipped when its result is already on the volume, so re-running the job
 # (`docker compose up` again, or `docker compose run init`) changes nothing.
 #
-# The dataset: the first CSV or parquet file in ./import (mounted at /import), imported with
-# FRAUD_IMPORT_MAP (see `fraudctl import --help`), or else a simulated one.
+# The dataset: the first CSV or parquet file in ./import (mounted at IMPORT_DIR, /import),
+# imported with IMPORT_MAP (see `fraudctl import --help`), or else a simulated one.
 set -eu
 data="$FRAUD_VAR_DIR/data"
 
 if [ -f "$data/manifest.json" ]; then
   echo "init: dataset present in $data"
 else
-  file=$(find /import -maxdepth 1 -type f \( -name '*.csv' -o -name '*.csv.gz' -o -name '*.parquet' \) | sort | head -n 1)
+  import_dir="${IMPORT_DIR:-/import}"
+  file=$(find "$import_dir" -maxdepth 1 -type f \( -name '*.csv' -o -name '*.csv.gz' -o -name '*.parquet' \) 2>/dev/null | sort | head -n 1 || true)
   if [ -n "$file" ]; then
     echo "init: importing $file"
     # FIELD=COLUMN,...: by default the file's columns have the event schema's own names.
-    fraudctl import "$file" --out "$data" --map "${FRAUD_IMPORT_MAP:-transaction_id=transaction_id,event_time=event_time,card_id=card_id,merchant_id=merchant_id,amount=amount,is_fraud=is_fraud}"
+    fraudctl import "$file" --out "$data" --map "${IMPORT_MAP:-transaction_id=transaction_id,event_time=event_time,card_id=card_id,merchant_id=merchant_id,amount=amount,is_fraud=is_fraud}"
   else
     echo "init: simulating ${FRAUD_DEMO_DAYS:-42} days"
     fraudctl simulate --out "$data"
