@@ -28,7 +28,7 @@ from pipelines import (
     stream,
     train,
 )
-from services import loadtest, serve
+from services import loadtest, serve, stack
 
 app = typer.Typer(
     name="fraudctl",
@@ -54,6 +54,9 @@ app.command("loadtest")(loadtest.cli)
 app.command("demo")(demo.cli)
 app.command("monitor")(monitor.cli)
 app.add_typer(drill.app, name="drill")
+app.command("up")(stack.up)
+app.command("status")(stack.status)
+app.command("down")(stack.down)
 
 
 @app.command("clean")

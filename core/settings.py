@@ -86,6 +86,7 @@ class Settings(BaseSettings):
     # Monitor (`fraudctl monitor`): windows are in event time, so a replay at a speed-up
     # is monitored as the real days would be.
     monitor_port: int = 9109
+    stream_metrics_port: int = 9108  # `fraudctl up` (embedded) starts the stream processor on it
     drift_window_hours: float = Field(default=24.0, gt=0, description="Tumbling drift window, event time.")
     drift_window_decisions: int = Field(default=5_000, ge=100, description="The 'last M decisions' window.")
     drift_windows_required: int = Field(default=3, ge=1, description="Drifted windows in a row for an alarm.")
