@@ -544,7 +544,7 @@ def cli(
         if not register:
             raise ValueError("--promote needs the models registered (not with --no-register)")
         for line in promote_first_versions(settings, result, by="fraudctl train --promote", keep=True):
-            console.print(line)
+            console.print(f"fraud-detector: {line}")
     if json_output:
         summary = {
             "windows": result.windows.as_dict(),
@@ -577,7 +577,7 @@ def promote_first_versions(settings: Settings, result: TrainResult, by: str, kee
             lines.append(f"{alias} stays version {held} (version {version} is registered, not promoted)")
             continue
         promote(settings, version, alias, reason=f"first {alias}", by=by)
-        lines.append(f"fraud-detector version {version} ({MODEL_HEADERS[model]}) is [bold]{alias}[/]")
+        lines.append(f"version {version} ({MODEL_HEADERS[model]}) is [bold]{alias}[/]")
     return lines
 
 
@@ -585,5 +585,6 @@ def demo_step(settings: Settings, data_dir: Path, console: Console) -> TrainResu
     """The demo's training step: both models, registered; LightGBM champion, MLP challenger."""
     result = train(settings, TrainRequest(data_dir=data_dir), console)
     print_table(console, result)
-    console.print(", ".join(promote_first_versions(settings, result, by="fraudctl demo", keep=False)))
+    lines = promote_first_versions(settings, result, by="fraudctl demo", keep=False)
+    console.print(f"fraud-detector: {', '.join(lines)}")
     return result
