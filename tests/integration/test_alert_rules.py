@@ -185,8 +185,10 @@ def test_every_alert_is_actionable_and_tested_both_ways() -> None:
 def test_config_scrapes_the_three_processes_and_loads_the_rules() -> None:
     config = load(CONFIG)
     assert [(CONFIG.parent / path).resolve() for path in config["rule_files"]] == [RULES.resolve()]
+    # Scaled services by Docker DNS (one target per replica), the monitor by its one address.
     targets = {
-        job["job_name"]: [target for static in job["static_configs"] for target in static["targets"]]
+        job["job_name"]: [target for static in job.get("static_configs", []) for target in static["targets"]]
+        + [f"{name}:{dns['port']}" for dns in job.get("dns_sd_configs", []) for name in dns["names"]]
         for job in config["scrape_configs"]
     }
     assert targets == {"scoring": ["scoring:8000"], "stream": ["stream:9108"], "monitor": ["monitor:9109"]}
