@@ -137,19 +137,37 @@ def up_embedded(settings: Settings, console: Console, timeout_s: float = 600.0) 
         console.print(f"[green]✓[/] {process.name} (pid {pid})")
 
 
+# `down` stops in waves: the traffic first, then what serves and processes it (each flushing
+# to the broker), the broker last.
+DOWN_WAVES = (("gateway",), ("monitor", "scoring", "stream"), ("broker",))
+
+
 def down_embedded(settings: Settings, console: Console) -> None:
-    for process in reversed(embedded_processes(settings)):
-        pid = _running_pid(settings, process.name)
-        _pid_file(settings, process.name).unlink(missing_ok=True)
-        if pid is None:
-            continue
-        os.killpg(pid, signal.SIGTERM)  # the group: a script's children go too
+    processes = {p.name: p for p in embedded_processes(settings)}
+    for wave in DOWN_WAVES:
+        stopping = {}
+        for name in wave:
+            pid = _running_pid(settings, name)
+            _pid_file(settings, name).unlink(missing_ok=True)
+            if pid is None:
+                continue
+            # A fraudctl process stops its own children in order (the scoring service flushes
+            # its prediction writer): signalling the group would kill the writer first, with
+            # its pending records. A script (the gateway) has no such care: its whole group.
+            if processes[name].script:
+                os.killpg(pid, signal.SIGTERM)
+            else:
+                os.kill(pid, signal.SIGTERM)
+            stopping[name] = pid
         deadline = time.monotonic() + 30
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if _alive(pid):
-            os.killpg(pid, signal.SIGKILL)
-        console.print(f"stopped {process.name} (pid {pid})")
+        while any(_alive(pid) for pid in stopping.values()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for name, pid in stopping.items():
+            if _alive(pid):
+                os.killpg(pid, signal.SIGKILL)
+                console.print(f"killed {name} (pid {pid}): still running 30 s after SIGTERM")
+            else:
+                console.print(f"stopped {name} (pid {pid})")
 
 
 def key_figures(settings: Settings, scoring_url: str) -> dict[str, Any]:

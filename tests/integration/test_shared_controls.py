@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -35,16 +36,19 @@ def replicas(training_side: TrainingSide, tmp_path_factory: pytest.TempPathFacto
     shutil.copy(training_side.settings.var_dir / "mlflow.db", var / "mlflow.db")
     shutil.copytree(training_side.settings.feast_dir, var / "feast")
     base = Settings(profile="embedded", var_dir=var, admin_token="test-admin-token")
-    with EmbeddedBroker(base, bootstrap="127.0.0.1:0") as broker:
-        processes, urls = [], []
+    with EmbeddedBroker(base, bootstrap="127.0.0.1:0") as broker, ThreadPoolExecutor(2) as pool:
+        ports = [free_port(), free_port()]
+        # Started side by side: each start waits until its process says ready (~25 s).
+        starts = [
+            pool.submit(start_in_background, broker.settings, p, var / f"serve-{p}.log", 180) for p in ports
+        ]
         try:
-            for _ in range(2):
-                port = free_port()
-                processes.append(start_in_background(broker.settings, port, var / f"serve-{port}.log", 180))
-                urls.append(f"http://127.0.0.1:{port}")
-            yield urls
+            for start in starts:
+                start.result()  # both ready (or the start's error)
+            yield [f"http://127.0.0.1:{port}" for port in ports]
         finally:
-            for process in processes:
+            for start in starts:
+                process = start.result()
                 process.terminate()
                 process.wait(30)
 
