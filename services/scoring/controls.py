@@ -115,8 +115,9 @@ class SharedControls:
         # A poll's read must not land after a `set` it started before (stale for a poll).
         self._lock = asyncio.Lock()
 
-    def refresh(self) -> None:
-        """Apply what the store holds; a store that cannot be read leaves the values as they are."""
+    def refresh(self) -> dict[str, Any]:
+        """Apply what the store holds and return it; a store that cannot be read leaves the
+        values as they are (and returns {})."""
         try:
             shared = self.store.read()
         except Exception as error:  # noqa: BLE001 - Redis down, a bad file: keep serving
@@ -125,13 +126,14 @@ class SharedControls:
                     "scoring controls unreadable in %s, keeping the last values: %s", self.store.where, error
                 )
                 self._failing_since = time.monotonic()
-            return
+            return {}
         if self._failing_since is not None:
             log.warning("scoring controls readable again in %s", self.store.where)
             self._failing_since = None
         for name in FIELDS:
             if name in shared:
                 setattr(self.controls, name, type(getattr(self.controls, name))(shared[name]))
+        return shared
 
     async def set(self, **changes: Any) -> None:
         """An operator's change: into the store (every replica), then here at once.
@@ -145,9 +147,7 @@ class SharedControls:
                 setattr(self.controls, name, value)
 
     def start(self) -> None:
-        self.refresh()
-        shared = self.store.read() if self._failing_since is None else {}
-        if shared:
+        if self.refresh():
             log.warning("scoring controls from %s: %s", self.store.where, self.describe())
         self._task = asyncio.get_running_loop().create_task(self._poll(), name="controls-poll")
 
