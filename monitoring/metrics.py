@@ -44,6 +44,17 @@ LATENCY_BUCKETS = (
 STAGE_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.010, 0.025, 0.1)
 SCORE_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0)
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
+# Label values known in advance get their series at start (prometheus-client's advice), so a
+# dashboard panel or a rate() reads 0 rather than nothing before the first event.
+DECISIONS = ("approve", "review", "decline")
+SERVED_BY = ("champion", "canary", "fallback", "kill_switch")  # the only values of served_by
+FEATURE_LOOKUP_OUTCOMES = ("ok", "slow", "timeout", "error", "breaker_open", "unavailable")
+# A lookup outcome without features becomes the fallback reason features_<outcome>.
+FALLBACK_REASONS = (
+    *(f"features_{o}" for o in FEATURE_LOOKUP_OUTCOMES if o not in ("ok", "slow")),
+    "no_model",
+    "model_error",
+)
 
 
 class ScoringMetrics:
@@ -112,6 +123,20 @@ class ScoringMetrics:
         self.model_reloads = Counter(
             "fraud_model_reloads", "Model reloads by outcome.", ["outcome"], registry=registry
         )
+        for decision in DECISIONS:
+            for served_by in SERVED_BY:
+                self.decisions.labels(decision, served_by)
+        for reason in FALLBACK_REASONS:
+            self.fallbacks.labels(reason)
+        for outcome in FEATURE_LOOKUP_OUTCOMES:
+            self.feature_lookups.labels(outcome)
+        for entity in ("card", "merchant", "device"):
+            self.stored_features.labels(entity)
+        for stage in ("features", "rules", "model"):
+            self.stage_seconds.labels(stage)
+        self.invalid_requests.labels("422")
+        for outcome in ("ok", "failed"):
+            self.model_reloads.labels(outcome)
 
     def set_breaker(self, state: str) -> None:
         self.breaker_state.set(BREAKER_STATES[state])
@@ -148,6 +173,14 @@ class PredictionLogCollector(Collector):
         )
 
 
+# (kind, outcome) of fraud_stream_events_total: kind is the source topic.
+STREAM_OUTCOMES = (
+    ("transactions", "applied"),
+    ("transactions", "duplicate"),
+    ("transactions", "dead_lettered"),
+    ("labels", "routed"),
+    ("labels", "dead_lettered"),
+)
 # Fine buckets below a second: the freshness SLO is p99 ≤ 1 s.
 _FRESHNESS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0)
 
@@ -193,11 +226,12 @@ class StreamMetrics:
             registry=r,
         )
         self.assigned = Gauge("fraud_stream_assigned_partitions", "Partitions owned now.", registry=r)
+        for kind, outcome in STREAM_OUTCOMES:
+            self.outcomes.labels(kind, outcome)
 
 
 DRIFT_FEATURES = frozenset([*MODEL_FEATURES, "score"])  # the only values of the feature label
 DRIFT_WINDOW_OUTCOMES = ("clean", "drifted", "skipped")
-SERVED_BY = ("champion", "canary", "fallback", "kill_switch")  # the only values of served_by
 # The canary guard's checks (monitoring/canary.py), in report order: the only values of the
 # check label, and of the rollback reason (a rollback is counted under its first failing check).
 CANARY_CHECKS = (
@@ -324,6 +358,20 @@ class MonitorMetrics:
             ["served_by"],
             registry=r,
         )
+        self.expected_savings = Gauge(
+            "fraud_performance_expected_savings",
+            "Savings of review against approve-all expected from the calibrated scores, latest day"
+            " (fraud amount stopped minus the reviews' cost, the version's cost model; currency units).",
+            ["served_by"],
+            registry=r,
+        )
+        self.matured_savings = Gauge(
+            "fraud_performance_matured_savings",
+            "Savings of review against approve-all from the labels, latest matured decision day"
+            " (currency units; reads low by the labels still to come).",
+            ["served_by"],
+            registry=r,
+        )
         self.matured_label_share = Gauge(
             "fraud_performance_matured_label_share",
             "Share of the fraud expected labelled by now on the latest matured day (label delay).",
@@ -392,12 +440,19 @@ class MonitorMetrics:
             raise ValueError(f"{served_by!r} is not one of {', '.join(SERVED_BY)}: not a served_by label")
 
     def set_expected_performance(
-        self, served_by: str, day: datetime, precision_review: float, precision_decline: float, recall: float
+        self,
+        served_by: str,
+        day: datetime,
+        precision_review: float,
+        precision_decline: float,
+        recall: float,
+        savings: float = float("nan"),
     ) -> None:
         self._check_served_by(served_by)
         self.expected_precision.labels("review", served_by).set(precision_review)
         self.expected_precision.labels("decline", served_by).set(precision_decline)
         self.expected_recall.labels(served_by).set(recall)
+        self.expected_savings.labels(served_by).set(savings)
         self.expected_day.labels(served_by).set(day.timestamp())
 
     def set_matured_performance(
@@ -408,8 +463,10 @@ class MonitorMetrics:
         precision_decline: float,
         recall_review: float,
         label_share: float,
+        savings: float = float("nan"),
     ) -> None:
         self._check_served_by(served_by)
+        self.matured_savings.labels(served_by).set(savings)
         self.matured_precision.labels("review", served_by).set(precision_review)
         self.matured_precision.labels("decline", served_by).set(precision_decline)
         self.matured_recall.labels(served_by).set(recall_review)

@@ -919,6 +919,7 @@ def publish_performance(metrics: MonitorMetrics, expected: pd.DataFrame, realise
             precision_review=float(row["expected_precision_review"]),
             precision_decline=float(row["expected_precision_decline"]),
             recall=float(row["expected_recall"]),
+            savings=float(row.get("expected_savings_review", np.nan)),
         )
     for served_by, row in _latest_by_served(realised).items():
         metrics.set_matured_performance(
@@ -928,4 +929,5 @@ def publish_performance(metrics: MonitorMetrics, expected: pd.DataFrame, realise
             precision_decline=float(row["precision_decline"]),
             recall_review=float(row["recall_review"]),
             label_share=float(row["label_share"]),
+            savings=float(row.get("savings_review", np.nan)),
         )
