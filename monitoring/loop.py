@@ -34,36 +34,47 @@ def skew_hook(settings: Settings) -> Hook:
     """Re-join a sample of each window's served rows offline (Feast PIT) and compare vectors.
 
     The check runs in the worker process; a window whose predecessor's check is still
-    running is skipped (the sample is a sample: bounded work beats a queue).
+    running is skipped (the sample is a sample: bounded work beats a queue). A finished
+    check is published at once, not at the next window: once traffic stops (the end of a
+    replay) there is no next window.
     """
     from monitoring import skew
 
     pending: dict[str, Any] = {}
     latest: dict[str, Any] = {}
 
+    def publish(evaluator: Evaluator, future: Any, at: str) -> None:
+        """In the worker's result thread, when a check ends."""
+        error = future.exception()
+        if error is not None:
+            log.error("skew check of the window ending %s failed: %s: %s", at, type(error).__name__, error)
+            evaluator.hook_reports["skew"] = {"error": f"{type(error).__name__}: {error}", **latest}
+            return
+        report = future.result()
+        skew.publish_skew(evaluator.metrics, report)
+        content = report.to_dict()
+        latest.update(
+            at=at,
+            checked=report.rows_checked,
+            unexplained_features=report.unexplained_features,
+            stale_rows=report.rows_stale,
+            features=[{"feature": name, **values} for name, values in content["features"].items()],
+        )
+        evaluator.hook_reports["skew"] = dict(latest)
+
     def check(evaluator: Evaluator, end: pd.Timestamp) -> dict[str, Any] | None:
         if settings.skew_sample_rows <= 0:
             return None
         running = pending.get("future")
         if running is not None and running.done():
-            at = pending.pop("at")
-            pending.pop("future")
-            report = running.result()  # raises the check's error (logged by the evaluator) once
-            skew.publish_skew(evaluator.metrics, report)
-            content = report.to_dict()
-            latest.update(
-                at=at,
-                checked=report.rows_checked,
-                unexplained_features=report.unexplained_features,
-                stale_rows=report.rows_stale,
-                features=[{"feature": name, **values} for name, values in content["features"].items()],
-            )
+            pending.clear()
         if "future" not in pending:
             p = evaluator.state.predictions
             window = p[(p["event_time"] >= end - evaluator.window) & (p["event_time"] < end)]
-            pending.update(
-                future=evaluator.worker.submit(run_skew_check, settings, window), at=end.isoformat()
-            )
+            at = end.isoformat()
+            future = evaluator.worker.submit(run_skew_check, settings, window)
+            pending.update(future=future, at=at)
+            future.add_done_callback(lambda done: publish(evaluator, done, at))
         return dict(latest) or None
 
     return check
