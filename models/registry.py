@@ -45,6 +45,8 @@ def connect(settings: Settings) -> MlflowClient:
     # MLflow draws a tqdm bar for every artifact download; fraudctl has its own progress.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # table creation etc. at INFO
+    # With a tracking server, MLflow prints "View run ... at: URL" to stdout at every run's end.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     # Its SQLAlchemy store, on first import, uses a loader SQLAlchemy 2.1 deprecates: MLflow's to
     # fix. Set here, just before that import: some libraries reset the filters on their way.
     warnings.filterwarnings("ignore", message=r"The ``noload`` loader strategy is deprecated")
