@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from core.dataset import DatasetError
 from core.settings import get_settings
-from monitoring import drill, monitor
+from monitoring import dashboards, drill, monitor
 from pipelines import (
     backfill,
     broker,
@@ -57,6 +57,7 @@ app.add_typer(drill.app, name="drill")
 app.command("up")(stack.up)
 app.command("status")(stack.status)
 app.command("down")(stack.down)
+app.command("dashboards")(dashboards.cli)
 
 
 @app.command("clean")
