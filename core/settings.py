@@ -87,6 +87,7 @@ class Settings(BaseSettings):
     # is monitored as the real days would be.
     monitor_port: int = 9109
     stream_metrics_port: int = 9108  # `fraudctl up` (embedded) starts the stream processor on it
+    prometheus_port: int = 9090  # `fraudctl up` (embedded) starts Prometheus on it, if installed
     drift_window_hours: float = Field(default=24.0, gt=0, description="Tumbling drift window, event time.")
     drift_window_decisions: int = Field(default=5_000, ge=100, description="The 'last M decisions' window.")
     drift_windows_required: int = Field(default=3, ge=1, description="Drifted windows in a row for an alarm.")

@@ -1,13 +1,16 @@
 #!/bin/sh
-# The payment gateway of `fraudctl up` (both profiles): `fraudctl replay --score` of the day
-# the init job held back from the online store, through GATEWAY_SCORE_URL (compose: the load
-# balancer), at GATEWAY_RPS, over and over, so the dashboards move. Each pass sends the same
-# transactions again: the scoring service scores them again, while the stream processor and
-# the monitor drop them as duplicates (by transaction_id) after the first pass.
+# The payment gateway of `fraudctl up` (both profiles): `fraudctl replay --score` of the last
+# GATEWAY_DAYS days, which the init job held back from the online store, through
+# GATEWAY_SCORE_URL (compose: the load balancer), at GATEWAY_RPS, over and over, so the
+# dashboards move. Each pass sends the same transactions again: the scoring service scores
+# them again, while the stream processor and the monitor drop them as duplicates (by
+# transaction_id) after the first pass. Once the replayed event time is a maturity
+# (FRAUD_MATURITY_DAYS) past a day, that day's matured metrics appear.
 set -eu
 data="$FRAUD_VAR_DIR/data"
-# The held-back day starts at midnight of the data's last day (`backfill --hold-back-days 1`).
-after=$(python -c "from core.dataset import read_transactions; print(read_transactions('$data')['event_time'].max().floor('D').strftime('%Y-%m-%d'))")
+days="${GATEWAY_DAYS:-1}"
+# The held-back days start at the midnight infra/init.sh cut at (`backfill --hold-back-days`).
+after=$(python -c "from core.dataset import read_transactions; from pipelines.backfill import online_cut; print(online_cut(read_transactions('$data'), $days).strftime('%Y-%m-%d'))")
 while true; do
   touch "${GATEWAY_ALIVE_FILE:-/tmp/gateway-alive}"
   echo "gateway: replaying the transactions after $after at ${GATEWAY_RPS} req/s"

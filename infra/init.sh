@@ -1,5 +1,6 @@
 #!/bin/sh
-# The compose stack's one-shot init job: a dataset, its features in Feast, the first models.
+# The compose stack's one-shot init job: a dataset, its features in Feast, the history in
+# Kafka, the first models.
 # Every step is skipped when its result is already on the volume, so re-running the job
 # (`docker compose up` again, or `docker compose run init`) changes nothing.
 #
@@ -23,14 +24,31 @@ else
   fi
 fi
 
+# The gateway replays the last GATEWAY_DAYS days through the scoring service; the online
+# store holds what was known before them.
+days="${GATEWAY_DAYS:-1}"
+# The midnight that starts them (`backfill --hold-back-days` cuts there too).
+cut=$(python -c "from core.dataset import read_transactions; from pipelines.backfill import online_cut; print(online_cut(read_transactions('$data'), $days).strftime('%Y-%m-%d'))")
+
 # Before any stream processor starts (they wait for this job): Feast's Redis store skips a
 # write whose event time is not newer than the stored one, so a backfill after the stream
 # had written would be a silent no-op.
 if [ -f "$FRAUD_VAR_DIR/.backfilled" ]; then
   echo "init: features already backfilled"
 else
-  fraudctl backfill --data "$data" --hold-back-days 1
+  fraudctl backfill --data "$data" --hold-back-days "$days"
   touch "$FRAUD_VAR_DIR/.backfilled"
+fi
+
+# The stream processors rebuild their state (each card's 30-day history) from the topics, not
+# from the online store: without the history before the cut in the topic, a card's first
+# write would replace its backfilled 30-day features with a few hours' worth.
+if [ -f "$FRAUD_VAR_DIR/.history-published" ]; then
+  echo "init: history already published"
+else
+  echo "init: publishing the history before $cut for the stream processors"
+  fraudctl replay --from "$data" --until "$cut" --no-labels-after-end >/dev/null
+  touch "$FRAUD_VAR_DIR/.history-published"
 fi
 
 if fraudctl models --json | python -c 'import json, sys; versions = json.load(sys.stdin)["versions"]; sys.exit(0 if any("champion" in v["aliases"] for v in versions) else 1)'; then

@@ -403,11 +403,20 @@ def cli(
             formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"],
         ),
     ] = None,
+    until: Annotated[
+        datetime | None,
+        typer.Option(
+            help="Only what happened up to this UTC time, e.g. the history before the online store's "
+            "cut, which the stream processors rebuild their state from.",
+            formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"],
+        ),
+    ] = None,
 ) -> None:
     """Play a dataset into Kafka as the payment gateway would: transactions, and labels when due.
 
     Example: fraudctl replay --from var/data --rps 500 --limit 100000
     Example: fraudctl replay --score http://127.0.0.1:8000 --after 2026-02-11   # the held-back day
+    Example: fraudctl replay --until 2026-02-11 --no-labels-after-end           # the history before it
     """
     err, settings = Console(stderr=True, soft_wrap=True, highlight=False), get_settings()
     try:
@@ -415,7 +424,10 @@ def cli(
             raise ValueError("use --rps or --speedup, not both")
         data_dir = settings.demo_data_dir if source is None else source
         since = None if after is None else pd.Timestamp(after, tz="UTC")
-        summary = replay(data_dir, settings, rps or 0, speedup, limit, True, labels_after_end, score, since)
+        end = None if until is None else pd.Timestamp(until, tz="UTC")
+        summary = replay(
+            data_dir, settings, rps or 0, speedup, limit, True, labels_after_end, score, since, until=end
+        )
     except BrokerUnavailable as error:
         err.print(f"error: {escape(str(error))}; start one with `fraudctl broker`")
         raise typer.Exit(1) from None

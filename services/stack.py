@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -37,23 +38,75 @@ from core.settings import PROJECT_ROOT, Settings, get_settings
 @dataclass(frozen=True)
 class Process:
     name: str
-    argv: list[str]  # after `fraudctl` (or `sh` for a script)
+    argv: list[str]  # after `fraudctl`, or after `sh` for a script, or a program's own argv
     health: str | None  # an HTTP URL answering 200 when healthy; None: alive is healthy
-    script: bool = False
+    runner: str = "fraudctl"  # fraudctl | sh | program
+
+
+PROMETHEUS_CONFIG = PROJECT_ROOT / "infra" / "prometheus" / "prometheus.yml"
 
 
 def embedded_processes(settings: Settings) -> list[Process]:
-    """What `fraudctl up` starts in the embedded profile, in start order."""
+    """What `fraudctl up` starts in the embedded profile, in start order.
+
+    Prometheus too when its binary is installed (Debian's `prometheus` package), with the
+    compose stack's config and alert rules aimed at these processes: the dashboards'
+    queries then work here as there (`fraudctl dashboards`).
+    """
     scoring = f"http://127.0.0.1:{settings.serve_port}"
-    return [
+    processes = [
         Process("broker", ["broker"], None),
         Process("stream", ["stream", "--metrics-port", str(settings.stream_metrics_port)],
                 f"http://127.0.0.1:{settings.stream_metrics_port}/metrics"),
         Process("scoring", ["serve", "--port", str(settings.serve_port)], f"{scoring}/readyz"),
         Process("monitor", ["monitor", "--port", str(settings.monitor_port)],
                 f"http://127.0.0.1:{settings.monitor_port}/metrics"),
-        Process("gateway", [str(PROJECT_ROOT / "infra" / "gateway.sh")], None, script=True),
+        Process("gateway", [str(PROJECT_ROOT / "infra" / "gateway.sh")], None, runner="sh"),
     ]  # fmt: skip
+    binary = shutil.which("prometheus")
+    if binary is not None:
+        folder = settings.var_dir / "prometheus"
+        argv = [
+            binary,
+            f"--config.file={folder / 'prometheus.yml'}",
+            f"--storage.tsdb.path={folder / 'data'}",
+            f"--web.listen-address=127.0.0.1:{settings.prometheus_port}",
+            "--log.level=warn",
+        ]
+        ready = f"http://127.0.0.1:{settings.prometheus_port}/-/ready"
+        processes.append(Process("prometheus", argv, ready, runner="program"))
+    return processes
+
+
+def local_prometheus_config(targets: dict[str, list[str]], scrape_interval: str | None = None) -> str:
+    """The compose stack's prometheus.yml with these `job -> [host:port]` targets in place of
+    Docker DNS, and its rule files by absolute path: one config, two places it runs."""
+    import yaml
+
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    config["rule_files"] = [str(PROMETHEUS_CONFIG.parent / name) for name in config["rule_files"]]
+    if scrape_interval is not None:
+        config["global"]["scrape_interval"] = config["global"]["evaluation_interval"] = scrape_interval
+    jobs = {job["job_name"] for job in config["scrape_configs"]}
+    if jobs != set(targets):
+        raise ValueError(f"targets for {sorted(targets)}, but the config scrapes {sorted(jobs)}")
+    for job in config["scrape_configs"]:
+        job.pop("dns_sd_configs", None)
+        job["static_configs"] = [{"targets": targets[job["job_name"]]}]
+    return str(yaml.safe_dump(config, sort_keys=False))
+
+
+def write_prometheus_config(settings: Settings) -> Path:
+    """`var/prometheus/prometheus.yml`: the embedded processes as Prometheus's targets."""
+    path = settings.var_dir / "prometheus" / "prometheus.yml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    targets = {
+        "scoring": [f"127.0.0.1:{settings.serve_port}"],
+        "stream": [f"127.0.0.1:{settings.stream_metrics_port}"],
+        "monitor": [f"127.0.0.1:{settings.monitor_port}"],
+    }
+    path.write_text(local_prometheus_config(targets))
+    return path
 
 
 def _pid_file(settings: Settings, name: str) -> Path:
@@ -97,49 +150,97 @@ def _env(settings: Settings) -> dict[str, str]:
         "FRAUD_VAR_DIR": str(settings.var_dir),
         "IMPORT_DIR": str(settings.var_dir / "import"),
         "GATEWAY_SCORE_URL": f"http://127.0.0.1:{settings.serve_port}",
-        "GATEWAY_RPS": os.environ.get("GATEWAY_RPS", "20"),
+        # As in the compose stack (docker-compose.yml): ten replayed days, of which the first
+        # matures (7 days) within minutes, so the matured metrics appear.
+        "GATEWAY_RPS": os.environ.get("GATEWAY_RPS", "50"),
+        "GATEWAY_DAYS": os.environ.get("GATEWAY_DAYS", "10"),
+        "FRAUD_MATURITY_DAYS": os.environ.get("FRAUD_MATURITY_DAYS", "7"),
     }
 
 
 def up_embedded(settings: Settings, console: Console, timeout_s: float = 600.0) -> None:
     env = _env(settings)
+    logs = settings.var_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    _pid_file(settings, "x").parent.mkdir(parents=True, exist_ok=True)
+    broker, *processes = embedded_processes(settings)
+    _start(broker, settings, env, console, timeout_s)  # first: the init job publishes to it
     console.print("[bold]init[/]: the compose init job's script, infra/init.sh (skips what is done)")
     init = subprocess.run(["sh", str(PROJECT_ROOT / "infra" / "init.sh")], env=env, check=False)
     if init.returncode != 0:
         raise RuntimeError(f"infra/init.sh failed (exit {init.returncode}); its output is above")
-    logs = settings.var_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    _pid_file(settings, "x").parent.mkdir(parents=True, exist_ok=True)
-    for process in embedded_processes(settings):
-        pid = _running_pid(settings, process.name)
-        if pid is None:
-            fraudctl = str(Path(sys.executable).parent / "fraudctl")
-            command = ["sh", *process.argv] if process.script else [fraudctl, *process.argv]
-            with (logs / f"{process.name}.log").open("a") as log:
-                child = subprocess.Popen(
-                    command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-                )  # its own session: it outlives this command, and `down` stops its group
-            pid = child.pid
-            _pid_file(settings, process.name).write_text(str(pid))
-        deadline = time.monotonic() + timeout_s
-        with console.status(f"waiting for {process.name} (log: {logs / process.name}.log)"):
-            while not _healthy(process, _running_pid(settings, process.name)):
-                if _running_pid(settings, process.name) is None:
-                    tail = (logs / f"{process.name}.log").read_text()[-2000:]
-                    raise RuntimeError(f"{process.name} exited; the end of its log:\n{tail}")
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{process.name} not healthy in {timeout_s:.0f} s")
-                time.sleep(0.5)
-            if process.name == "broker":
-                from pipelines.kafka_clients import wait_until_ready
+    for process in processes:
+        _start(process, settings, env, console, timeout_s)
 
-                wait_until_ready(settings.kafka_bootstrap, timeout_s=60)
-        console.print(f"[green]✓[/] {process.name} (pid {pid})")
+
+def _start(
+    process: Process, settings: Settings, env: dict[str, str], console: Console, timeout_s: float
+) -> None:
+    """Start `process` detached unless it runs already, and wait until it is healthy."""
+    logs = settings.var_dir / "logs"
+    pid = _running_pid(settings, process.name)
+    if pid is None:
+        fraudctl = str(Path(sys.executable).parent / "fraudctl")
+        command = {"fraudctl": [fraudctl], "sh": ["sh"], "program": []}[process.runner] + process.argv
+        if process.name == "prometheus":
+            write_prometheus_config(settings)
+        with (logs / f"{process.name}.log").open("a") as log:
+            child = subprocess.Popen(
+                command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )  # its own session: it outlives this command, and `down` stops its group
+        pid = child.pid
+        _pid_file(settings, process.name).write_text(str(pid))
+    deadline = time.monotonic() + timeout_s
+    with console.status(f"waiting for {process.name} (log: {logs / process.name}.log)"):
+        while not _healthy(process, _running_pid(settings, process.name)):
+            if _running_pid(settings, process.name) is None:
+                tail = (logs / f"{process.name}.log").read_text()[-2000:]
+                raise RuntimeError(f"{process.name} exited; the end of its log:\n{tail}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{process.name} not healthy in {timeout_s:.0f} s")
+            time.sleep(0.5)
+        if process.name == "broker":
+            from pipelines.kafka_clients import wait_until_ready
+
+            wait_until_ready(settings.kafka_bootstrap, timeout_s=60)
+    if process.name == "stream":
+        with console.status("the stream processor reads the history (its state) from the topics"):
+            _wait_caught_up(process, deadline)
+    console.print(f"[green]✓[/] {process.name} (pid {pid})")
+
+
+def _wait_caught_up(stream: Process, deadline: float) -> None:
+    """Until the stream processor owns partitions and has consumed each to its end.
+
+    Traffic scored before would read cards whose online rows the history's rebuild is still
+    rewriting (the embedded SQLite store upserts; compose's Redis store skips older rows).
+    """
+    assert stream.health is not None
+    while time.monotonic() < deadline:
+        samples = _samples(stream.health)
+        assigned = sum(s.value for s in samples if s.name == "fraud_stream_assigned_partitions")
+        lag = [s.value for s in samples if s.name == "fraud_stream_consumer_lag"]
+        if assigned and lag and not any(lag):
+            return
+        time.sleep(0.5)
+    raise TimeoutError("the stream processor did not catch up with its topics in time")
+
+
+def _samples(url: str) -> list[Any]:
+    """Every sample of a /metrics page; none when it does not answer."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        text = httpx.get(url, timeout=2).text
+    except httpx.HTTPError:
+        return []
+    return [s for family in text_string_to_metric_families(text) for s in family.samples]
 
 
 # `down` stops in waves: the traffic first, then what serves and processes it (each flushing
 # to the broker), the broker last.
-DOWN_WAVES = (("gateway",), ("monitor", "scoring", "stream"), ("broker",))
+DOWN_WAVES = (("gateway",), ("monitor", "scoring", "stream", "prometheus"), ("broker",))
 
 
 def down_embedded(settings: Settings, console: Console) -> None:
@@ -154,7 +255,7 @@ def down_embedded(settings: Settings, console: Console) -> None:
             # A fraudctl process stops its own children in order (the scoring service flushes
             # its prediction writer): signalling the group would kill the writer first, with
             # its pending records. A script (the gateway) has no such care: its whole group.
-            if processes[name].script:
+            if name in processes and processes[name].runner == "sh":
                 os.killpg(pid, signal.SIGTERM)
             else:
                 os.kill(pid, signal.SIGTERM)
@@ -173,15 +274,8 @@ def down_embedded(settings: Settings, console: Console) -> None:
 def key_figures(settings: Settings, scoring_url: str) -> dict[str, Any]:
     """What `status` shows beside health, read from the processes' own endpoints."""
     import httpx
-    from prometheus_client.parser import text_string_to_metric_families
 
-    def samples(url: str) -> list[Any]:
-        try:
-            text = httpx.get(url, timeout=2).text
-        except httpx.HTTPError:
-            return []
-        return [s for family in text_string_to_metric_families(text) for s in family.samples]
-
+    samples = _samples
     figures: dict[str, Any] = {}
     try:
         model = httpx.get(f"{scoring_url}/v1/model", timeout=2).json()
@@ -237,12 +331,20 @@ def _urls(settings: Settings) -> dict[str, str]:
             "grafana": "http://localhost:3000", "prometheus": "http://localhost:9090",
             "mlflow": "http://localhost:5000",
         }  # fmt: skip
-    return {
+    urls = {
         "scoring": f"http://127.0.0.1:{settings.serve_port}",
         "monitor": f"http://127.0.0.1:{settings.monitor_port}/",
         "stream metrics": f"http://127.0.0.1:{settings.stream_metrics_port}/metrics",
         "mlflow": settings.mlflow_tracking_uri,
     }
+    if any(p.name == "prometheus" for p in embedded_processes(settings)):
+        urls["prometheus"] = f"http://127.0.0.1:{settings.prometheus_port}"
+        urls["dashboards"] = (
+            f"fraudctl dashboards --prometheus {urls['prometheus']} (PNGs; Grafana is compose's)"
+        )
+    else:
+        urls["dashboards"] = "apt-get install prometheus, then `fraudctl up` again (Grafana is compose's)"
+    return urls
 
 
 def up(

@@ -33,6 +33,7 @@ def test_up_status_down_run_the_whole_system_and_stop_it(tmp_path: Path) -> None
         "FRAUD_SERVE_PORT": str(free_port()),
         "FRAUD_MONITOR_PORT": str(free_port()),
         "FRAUD_STREAM_METRICS_PORT": str(free_port()),
+        "FRAUD_PROMETHEUS_PORT": str(free_port()),
     }
 
     def fraudctl(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -49,8 +50,9 @@ def test_up_status_down_run_the_whole_system_and_stop_it(tmp_path: Path) -> None
             if status["scored"] >= 50 or time.monotonic() > deadline:
                 break
             time.sleep(2)
+        # Prometheus too: .ci/run installs Debian's package, and `up` starts it when installed.
         assert {s["service"]: s["state"] for s in status["services"]} == dict.fromkeys(
-            ("broker", "stream", "scoring", "monitor", "gateway"), "healthy"
+            ("broker", "stream", "scoring", "monitor", "gateway", "prometheus"), "healthy"
         )
         assert status["champion"] == "1" and status["scored"] >= 50 and status["p99_ms"] is not None
         pids = [s["pid"] for s in status["services"]]
