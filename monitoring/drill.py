@@ -62,7 +62,7 @@ class DrillWorld:
     # two canary steps of a day each; promotion.
     days: int = 74
     drift_start: int = 58  # day index: the drift starts at midnight of that day
-    lead_days: int = 2  # clean days replayed before it (the no-alarm baseline of the page)
+    lead_days: int = 1  # clean days replayed before it (the no-alarm baseline of the page)
     seed: int = 7
     # 2 %: the retraining's holdout (the last 7 days, labels as known then: ~12 % of its
     # fraud) must hold enough labelled fraud for the gate (~15 here).
