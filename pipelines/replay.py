@@ -245,6 +245,23 @@ def load(
     return transactions, labels[~after_end | wanted].reset_index(drop=True)
 
 
+def shifted(
+    transactions: pd.DataFrame, labels: pd.DataFrame, days: float, id_suffix: str
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The same traffic `days` later under new ids: a looping gateway's next pass is new
+    traffic (the stream processor and the monitor drop a resent id as a duplicate, and the
+    scoring service reads a resent transaction's features as written after it)."""
+    shift = pd.Timedelta(days=days)
+    transactions = transactions.assign(
+        event_time=transactions["event_time"] + shift,
+        transaction_id=transactions["transaction_id"] + id_suffix,
+    )
+    labels = labels.assign(
+        reported_at=labels["reported_at"] + shift, transaction_id=labels["transaction_id"] + id_suffix
+    )
+    return transactions, labels
+
+
 def replay(
     data_dir: Path,
     settings: Settings,
@@ -258,6 +275,8 @@ def replay(
     until: pd.Timestamp | None = None,
     wait_readable: Callable[[int], None] | None = None,
     dataset: tuple[pd.DataFrame, pd.DataFrame] | None = None,
+    shift_days: float = 0.0,
+    id_suffix: str = "",
 ) -> ReplaySummary:
     """Publish a dataset's transactions and labels to Kafka, merged by time and paced.
 
@@ -280,6 +299,9 @@ def replay(
             card's payments, freshness under a second) never makes them, and the staleness
             would depend on how busy the machine is.
         dataset: data_dir's transactions and labels, already read (see `load`).
+        shift_days, id_suffix: Publish the selected traffic this many days later, with
+            this suffix on every transaction id (see `shifted`; `after` and `until` select
+            before the shift).
 
     Returns:
         Counts, timing and the number of failed sends: check `failed`, it is not raised.
@@ -296,6 +318,8 @@ def replay(
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be at least 1, got {limit}")
     transactions, labels = load(Path(data_dir), limit, labels_after_end, after, until, dataset)
+    if shift_days or id_suffix:
+        transactions, labels = shifted(transactions, labels, shift_days, id_suffix)
     codes, due = plan(transactions, labels, rps, speedup)
     wait_until_ready(settings.kafka_bootstrap, timeout_s=10)
     ensure_topics(settings)
@@ -411,6 +435,13 @@ def cli(
             formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"],
         ),
     ] = None,
+    shift_days: Annotated[
+        float,
+        typer.Option(help="Publish the traffic this many days later (a looping gateway's next pass)."),
+    ] = 0.0,
+    id_suffix: Annotated[
+        str, typer.Option(help="Append this to every transaction id (with --shift-days: new traffic).")
+    ] = "",
 ) -> None:
     """Play a dataset into Kafka as the payment gateway would: transactions, and labels when due.
 
@@ -426,8 +457,9 @@ def cli(
         since = None if after is None else pd.Timestamp(after, tz="UTC")
         end = None if until is None else pd.Timestamp(until, tz="UTC")
         summary = replay(
-            data_dir, settings, rps or 0, speedup, limit, True, labels_after_end, score, since, until=end
-        )
+            data_dir, settings, rps or 0, speedup, limit, True, labels_after_end, score, since, until=end,
+            shift_days=shift_days, id_suffix=id_suffix,
+        )  # fmt: skip
     except BrokerUnavailable as error:
         err.print(f"error: {escape(str(error))}; start one with `fraudctl broker`")
         raise typer.Exit(1) from None

@@ -397,7 +397,8 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print one JSON 
     console.print(table)
 
     def shown(key: str) -> str:
-        return "–" if figures.get(key) is None else f"{figures[key]:,}"
+        value = figures.get(key)
+        return "–" if value is None else f"{value:,}" if isinstance(value, int | float) else str(value)
 
     p99 = "–" if figures.get("p99_ms") is None else f"≤ {figures['p99_ms']:.0f} ms"  # a bucket's bound
     console.print(

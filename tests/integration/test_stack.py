@@ -55,6 +55,8 @@ def test_up_status_down_run_the_whole_system_and_stop_it(tmp_path: Path) -> None
             ("broker", "stream", "scoring", "monitor", "gateway", "prometheus"), "healthy"
         )
         assert status["champion"] == "1" and status["scored"] >= 50 and status["p99_ms"] is not None
+        table = fraudctl("status")  # the table a person reads
+        assert table.returncode == 0 and "champion 1, scored" in table.stdout, table.stdout + table.stderr
         pids = [s["pid"] for s in status["services"]]
         again = fraudctl("up")  # a second `up` starts nothing new
         assert again.returncode == 0, again.stderr[-2000:]
