@@ -130,9 +130,9 @@ def render(prometheus: Prometheus, dashboard: dict[str, Any], path: Path, minute
     actions = _annotation_times(prometheus, dashboard, start, end, step)
     for panel in panels:
         g = panel["gridPos"]
-        pad = 0.012
-        left, bottom = g["x"] / 24 + pad, top * (1 - (g["y"] + g["h"]) / rows) + pad * 2.5
-        ax = figure.add_axes((left, bottom, g["w"] / 24 - 2 * pad, top * g["h"] / rows - pad * 5))
+        pad = 0.012  # of the figure; the left one leaves room for the y tick labels
+        left, bottom = g["x"] / 24 + 2.5 * pad, top * (1 - (g["y"] + g["h"]) / rows) + pad * 2.5
+        ax = figure.add_axes((left, bottom, g["w"] / 24 - 3.5 * pad, top * g["h"] / rows - pad * 5))
         ax.set_title(panel["title"], fontsize=10, loc="left")
         defaults = panel.get("fieldConfig", {}).get("defaults", {})
         unit = defaults.get("unit", "")
@@ -140,21 +140,31 @@ def render(prometheus: Prometheus, dashboard: dict[str, Any], path: Path, minute
         if panel["type"] in ("stat", "table"):
             _draw_text(ax, prometheus, panel, queries, unit)
             continue
-        drawn = 0
+        # A panel of one series per feature (33) has no readable legend in a picture: the
+        # most extreme ones get a colour and a legend line, the others a thin grey line. On a
+        # log scale (p-values) the smallest are the extreme ones.
+        log_scale = defaults.get("custom", {}).get("scaleDistribution", {}).get("type") == "log"
+        lines = []
         for query in queries:
             for series in prometheus.range(query.expr, start, end, step):
                 values = np.array([float(v) for _, v in series["values"]])
-                if np.isnan(values).all():
-                    continue
-                times = pd.to_datetime([t for t, _ in series["values"]], unit="s")
-                ax.plot(times, values, linewidth=1.2, label=legend(query, series["metric"])[:40])
-                drawn += 1
+                if not np.isnan(values).all():
+                    times = pd.to_datetime([t for t, _ in series["values"]], unit="s")
+                    extreme = float(np.nanmin(values) if log_scale else np.nanmax(np.abs(values)))
+                    lines.append((extreme, times, values, legend(query, series["metric"])))
+        lines.sort(key=lambda line: line[0] if log_scale else -line[0])
+        for rank, (_, times, values, label) in enumerate(lines):
+            if rank < TOP_SERIES:
+                ax.plot(times, values, linewidth=1.2, label=label[:40])
+            else:
+                ax.plot(times, values, linewidth=0.6, color="0.75")
+        drawn = len(lines)
         for moment in actions:
             ax.axvline(pd.to_datetime(moment, unit="s"), color="red", linewidth=0.8, alpha=0.5)
         for step_ in defaults.get("thresholds", {}).get("steps", [])[1:]:
             if defaults.get("custom", {}).get("thresholdsStyle", {}).get("mode") == "line":
                 ax.axhline(step_["value"], color="red", linestyle="--", linewidth=0.8)
-        if defaults.get("custom", {}).get("scaleDistribution", {}).get("type") == "log":
+        if log_scale:
             ax.set_yscale("log")
         if not drawn:
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="grey")
@@ -163,16 +173,17 @@ def render(prometheus: Prometheus, dashboard: dict[str, Any], path: Path, minute
         ax.tick_params(labelsize=7)
         ax.set_ylabel(_UNITS.get(unit, ""), fontsize=7)
         ax.grid(alpha=0.3)
-        if 0 < drawn <= 12:
-            ax.legend(fontsize=6, loc="upper left", ncol=2 if drawn > 4 else 1, framealpha=0.6)
-        elif drawn:
-            ax.legend(fontsize=5, loc="upper left", ncol=4, framealpha=0.6)
+        if drawn:
+            title = None if drawn <= TOP_SERIES else f"largest {TOP_SERIES} of {drawn} (grey: the rest)"
+            ax.legend(fontsize=6, loc="upper left", ncol=2 if drawn > 4 else 1, framealpha=0.6,
+                      title=title, title_fontsize=6)  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=80)
     plt.close(figure)
     return path
 
 
+TOP_SERIES = 8
 _UNITS = {"ms": "ms", "s": "seconds", "reqps": "per second", "percentunit": "share", "percent": "%",
           "currencyUSD": "USD"}  # fmt: skip
 
@@ -218,7 +229,12 @@ def _annotation_times(
         if "expr" not in annotation:
             continue
         for series in prometheus.range(annotation["expr"], start, end, step):
-            moments += [float(t) for t, v in series["values"] if float(v) > 0]
+            # One line per event, at its first step: the expression stays > 0 for its range.
+            previous = -math.inf
+            for t, _ in series["values"]:
+                if float(t) - previous > step * 1.5:
+                    moments.append(float(t))
+                previous = float(t)
     return moments
 
 
