@@ -150,14 +150,18 @@ class DrillReport:
 class Drill:
     """The running parts of one drill, and the steps every drill shares."""
 
-    def __init__(self, name: str, base: Settings, world: DrillWorld, say: Callable[[str], None]) -> None:
+    def __init__(
+        self, name: str, base: Settings, world: DrillWorld, say: Callable[[str], None], prepared: bool = False
+    ) -> None:
+        """`prepared`: `prepare_drift` built this drill's world and champion already; keep them."""
         import httpx
 
         from services.serve import free_port
 
         self.name, self.world, self.say = name, world, say
         folder = base.var_dir / "drills" / name
-        if folder.exists():
+        self.prepared = prepared and (folder / PREPARED_MARKER).exists()
+        if folder.exists() and not self.prepared:
             shutil.rmtree(folder)
         self.settings = base.model_copy(
             update={
@@ -208,6 +212,14 @@ class Drill:
 
         w, s = self.world, self.settings
         assert s.data_dir is not None
+        if self.prepared:
+            self.step(
+                f"world prepared ahead: {w.days} days, {w.cards:,} cards"
+                + (f", drift {drift} from day {w.drift_start}" if drift else "")
+                + f"; feature store backfilled up to {self.day(w.replay_from_day):%Y-%m-%d}"
+            )
+            self._dataset = (read_transactions(s.data_dir), read_labels(s.data_dir))
+            return
         params = simulate.SimulationParams(
             w.days, w.cards, w.merchants, w.seed, fraud_rate=w.fraud_rate,
             drift=drift, drift_start=w.drift_start if drift else None,
@@ -231,6 +243,12 @@ class Drill:
         w, s = self.world, self.settings
         assert s.data_dir is not None
         replay_from = self.day(w.replay_from_day)
+        if self.prepared:
+            version = registry.current_version(registry.connect(s), registry.CHAMPION)
+            assert version is not None, "a prepared drill has its champion"
+            self.report.champion_before = version
+            self.step(f"champion: version {version}, trained ahead on the days before {replay_from:%Y-%m-%d}")
+            return
         result = train(
             s,
             TrainRequest(
@@ -258,15 +276,16 @@ class Drill:
                 self._stream_port = free_port()
                 stream_args = ["stream", "--metrics-port", str(self._stream_port)]
                 self._processes.append(self._spawn(stream_args, logs / "stream.log"))
-                # The stream process reads the history while this one trains: two cores, two jobs.
+                # The monitor joins its consumer group (~10 s on Tansu) and the stream process
+                # reads the history while this one trains: two cores, three jobs that wait.
+                self.monitor = Monitor(s, hooks=default_hooks(s, guard_config()), checkpoint_interval_s=2.0)
+                self._thread = threading.Thread(target=self.monitor.run, name="monitor", daemon=True)
+                self._thread.start()
                 history = self._publish_history()
                 self._train_champion()
                 self._processes.append(start_in_background(s, s.serve_port, logs / "serve.log"))
                 self._wait_stream_read(history)
                 self.step(f"stream processor and scoring service up ({s.scoring_urls[0]})")
-                self.monitor = Monitor(s, hooks=default_hooks(s, guard_config()), checkpoint_interval_s=2.0)
-                self._thread = threading.Thread(target=self.monitor.run, name="monitor", daemon=True)
-                self._thread.start()
                 from monitoring.http import start_monitor_server, stop_monitor_server
 
                 page, page_thread = start_monitor_server(
@@ -278,12 +297,13 @@ class Drill:
                 finally:
                     stop_monitor_server(page, page_thread)
             finally:
+                # All at once: the processes flush and exit while the monitor finishes its work.
+                for process in self._processes:
+                    process.terminate()
                 if self.monitor is not None:
                     self.monitor.stop()
                 if self._thread is not None:
                     self._thread.join(120)
-                for process in self._processes:
-                    process.terminate()
                 for process in self._processes:
                     try:
                         process.wait(30)
@@ -461,8 +481,52 @@ class Drill:
         return r
 
 
+PREPARED_MARKER = ".prepared"
+
+
+def prepare_drift(kind: str, base: Settings, world: DrillWorld) -> None:
+    """Build a drift drill's world and train its champion now, for `run_drift(prepared=True)`.
+
+    The demo runs this in a process of its own while its first steps run on the other core:
+    the drill then starts at its replay. Nothing here needs the broker.
+    """
+    drill = Drill(f"drift-{kind}", base, world, lambda _line: None)
+    drill.build(None if kind == "none" else kind)
+    drill._train_champion()
+    (drill.settings.var_dir / PREPARED_MARKER).touch()
+
+
+def prepare_drift_in_background(kind: str, base: Settings, world: DrillWorld) -> Any:
+    """`prepare_drift` in a process of its own, its output in var/logs/; join it, check exitcode."""
+    import multiprocessing
+
+    log_path = base.var_dir / "logs" / f"drill-{kind}-prepare.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    process = multiprocessing.get_context("spawn").Process(
+        target=_prepare_logged, args=(kind, base, world, log_path), name=f"prepare-{kind}", daemon=True
+    )
+    process.start()
+    return process
+
+
+def _prepare_logged(kind: str, base: Settings, world: DrillWorld, log_path: Path) -> None:
+    import logging
+    import os
+
+    with log_path.open("w") as log:  # the descriptors too: what C code prints goes there as well
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+        prepare_drift(kind, base, world)
+
+
 def run_drift(
-    kind: str, base: Settings, world: DrillWorld, say: Callable[[str], None], until: str = "end"
+    kind: str,
+    base: Settings,
+    world: DrillWorld,
+    say: Callable[[str], None],
+    until: str = "end",
+    prepared: bool = False,
 ) -> DrillReport:
     """The drift drill: detect, retrain, shadow, canary, promote or stop; or, with 'none', nothing.
 
@@ -470,12 +534,13 @@ def run_drift(
     raised ("detected": what a test of the detection needs); or once a retrained challenger
     was promoted or its canary stopped ("settled": the demo's story is told, and the days
     after it only mature the new champion's labels for the summary's matured metrics).
+    `prepared`: `prepare_drift` built the world and trained the champion already.
     """
     if kind not in DRIFT_KINDS:
         raise ValueError(f"--kind must be one of {', '.join(DRIFT_KINDS)}, got {kind!r}")
     if until not in ("end", "detected", "settled"):
         raise ValueError(f"until must be end, detected or settled, got {until!r}")
-    drill = Drill(f"drift-{kind}", base, world, say)
+    drill = Drill(f"drift-{kind}", base, world, say, prepared=prepared)
     drill.build(None if kind == "none" else kind)
     drift_start = drill.day(world.drift_start)
     drill.report.kind, drill.report.drift_start = kind, drift_start.isoformat()
