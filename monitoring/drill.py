@@ -422,7 +422,7 @@ class Drill:
                 and not busy
             ):
                 return
-            time.sleep(0.2)
+            time.sleep(0.05)  # 34 slices a drill: a coarse poll adds seconds
         raise TimeoutError(f"the monitor did not catch up in {timeout_s:.0f} s")
 
     # --- the summary ---------------------------------------------------------------------------

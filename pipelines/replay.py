@@ -394,6 +394,9 @@ def _publish(
     return time.perf_counter() - started, max_lag, errors
 
 
+UTC_TIME_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]
+
+
 def cli(
     source: Annotated[
         Path | None,
@@ -424,7 +427,7 @@ def cli(
         typer.Option(
             help="Only what happened after this UTC time, e.g. the online store's cut "
             "(`fraudctl backfill --hold-back-days 1` prints it).",
-            formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"],
+            formats=UTC_TIME_FORMATS,
         ),
     ] = None,
     until: Annotated[
@@ -432,7 +435,7 @@ def cli(
         typer.Option(
             help="Only what happened up to this UTC time, e.g. the history before the online store's "
             "cut, which the stream processors rebuild their state from.",
-            formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"],
+            formats=UTC_TIME_FORMATS,
         ),
     ] = None,
     shift_days: Annotated[

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -75,8 +76,9 @@ class Stack:
     def spawn(self, name: str, command: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
         with (self.logs / f"{name}.log").open("w") as out:
             process = subprocess.Popen(
-                command, env=env or self.env, stdout=out, stderr=subprocess.STDOUT, cwd=self.var.parent
-            )
+                command, env=env or self.env, stdout=out, stderr=subprocess.STDOUT, cwd=self.var.parent,
+                start_new_session=True,
+            )  # fmt: skip
         self.processes[name] = process
         return process
 
@@ -96,13 +98,16 @@ class Stack:
             time.sleep(0.5)
 
     def stop(self) -> None:
-        for process in self.processes.values():
-            process.terminate()
+        for name, process in self.processes.items():
+            if name == "gateway":  # a script: its replay child too
+                os.killpg(process.pid, signal.SIGTERM)
+            else:  # fraudctl stops its own children in order (the scoring service flushes its log)
+                process.terminate()
         for process in self.processes.values():
             try:
                 process.wait(30)
             except subprocess.TimeoutExpired:
-                process.kill()
+                os.killpg(process.pid, signal.SIGKILL)
 
 
 def _fraudctl(service: str, replace: dict[str, str]) -> list[str]:
@@ -223,16 +228,18 @@ def _run_init_twice(s: Stack) -> None:
 
 
 def _start_apps(s: Stack) -> None:
+    """Scoring, two stream replicas and the monitor start side by side, as compose starts them
+    once the init job is done; the gateway once they are up."""
     scoring_port, s.monitor_port = free_port(), free_port()
     s.scoring_url = f"http://127.0.0.1:{scoring_port}"
     s.spawn("scoring", _fraudctl("scoring", {"--host": "127.0.0.1", "--port": str(scoring_port)}))
-    s.wait("scoring", lambda: httpx.get(f"{s.scoring_url}/readyz").status_code == 200, 180)
     for replica in (1, 2):  # docker compose up --scale stream=2
         port = free_port()
         s.stream_ports.append(port)
         s.spawn(f"stream-{replica}", _fraudctl("stream", {"--metrics-port": str(port)}))
     monitor_env = s.env | {"FRAUD_SCORING_URLS": json.dumps([s.scoring_url])}
     s.spawn("monitor", _fraudctl("monitor", {"--port": str(s.monitor_port)}), monitor_env)
+    s.wait("scoring", lambda: httpx.get(f"{s.scoring_url}/readyz").status_code == 200, 180)
     for replica, port in enumerate(s.stream_ports, 1):  # both in the group, each with its share
         url = f"http://127.0.0.1:{port}/metrics"
         s.wait(
