@@ -164,38 +164,47 @@ def up_embedded(settings: Settings, console: Console, timeout_s: float = 600.0) 
     logs.mkdir(parents=True, exist_ok=True)
     _pid_file(settings, "x").parent.mkdir(parents=True, exist_ok=True)
     broker, *processes = embedded_processes(settings)
-    _start(broker, settings, env, console, timeout_s)  # first: the init job publishes to it
+    _spawn(broker, settings, env)  # first: the init job publishes to it
+    _wait_healthy(broker, settings, console, timeout_s)
     console.print("[bold]init[/]: the compose init job's script, infra/init.sh (skips what is done)")
     init = subprocess.run(["sh", str(PROJECT_ROOT / "infra" / "init.sh")], env=env, check=False)
     if init.returncode != 0:
         raise RuntimeError(f"infra/init.sh failed (exit {init.returncode}); its output is above")
+    # Side by side, as compose starts them once the init job is done; the gateway, the
+    # traffic, once what it needs is healthy.
+    services = [p for p in processes if p.name != "gateway"]
+    for process in services:
+        _spawn(process, settings, env)
+    for process in services:
+        _wait_healthy(process, settings, console, timeout_s)
     for process in processes:
-        _start(process, settings, env, console, timeout_s)
+        if process.name == "gateway":
+            _spawn(process, settings, env)
+            _wait_healthy(process, settings, console, timeout_s)
 
 
-def _start(
-    process: Process, settings: Settings, env: dict[str, str], console: Console, timeout_s: float
-) -> None:
-    """Start `process` detached unless it runs already, and wait until it is healthy."""
-    logs = settings.var_dir / "logs"
-    pid = _running_pid(settings, process.name)
-    if pid is None:
-        fraudctl = str(Path(sys.executable).parent / "fraudctl")
-        command = {"fraudctl": [fraudctl], "sh": ["sh"], "program": []}[process.runner] + process.argv
-        if process.name == "prometheus":
-            write_prometheus_config(settings)
-        with (logs / f"{process.name}.log").open("a") as log:
-            child = subprocess.Popen(
-                command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )  # its own session: it outlives this command, and `down` stops its group
-        pid = child.pid
-        _pid_file(settings, process.name).write_text(str(pid))
+def _spawn(process: Process, settings: Settings, env: dict[str, str]) -> None:
+    """Start `process` detached, unless it runs already."""
+    if _running_pid(settings, process.name) is not None:
+        return
+    fraudctl = str(Path(sys.executable).parent / "fraudctl")
+    command = {"fraudctl": [fraudctl], "sh": ["sh"], "program": []}[process.runner] + process.argv
+    if process.name == "prometheus":
+        write_prometheus_config(settings)
+    with (settings.var_dir / "logs" / f"{process.name}.log").open("a") as log:
+        child = subprocess.Popen(
+            command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )  # its own session: it outlives this command, and `down` stops its group
+    _pid_file(settings, process.name).write_text(str(child.pid))
+
+
+def _wait_healthy(process: Process, settings: Settings, console: Console, timeout_s: float) -> None:
+    log = settings.var_dir / "logs" / f"{process.name}.log"
     deadline = time.monotonic() + timeout_s
-    with console.status(f"waiting for {process.name} (log: {logs / process.name}.log)"):
+    with console.status(f"waiting for {process.name} (log: {log})"):
         while not _healthy(process, _running_pid(settings, process.name)):
             if _running_pid(settings, process.name) is None:
-                tail = (logs / f"{process.name}.log").read_text()[-2000:]
-                raise RuntimeError(f"{process.name} exited; the end of its log:\n{tail}")
+                raise RuntimeError(f"{process.name} exited; the end of its log:\n{log.read_text()[-2000:]}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{process.name} not healthy in {timeout_s:.0f} s")
             time.sleep(0.5)
@@ -206,7 +215,7 @@ def _start(
     if process.name == "stream":
         with console.status("the stream processor reads the history (its state) from the topics"):
             _wait_caught_up(process, deadline)
-    console.print(f"[green]✓[/] {process.name} (pid {pid})")
+    console.print(f"[green]✓[/] {process.name} (pid {_running_pid(settings, process.name)})")
 
 
 def _wait_caught_up(stream: Process, deadline: float) -> None:
